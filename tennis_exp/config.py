@@ -1,0 +1,203 @@
+"""Config schema: every key a user can type, its type and its allowed values.
+
+The dataclasses are registered in Hydra's ConfigStore and form the base of
+``conf/config.yaml``, so a wrong type, an unknown key or an invalid enum value
+fails while the config is composed. Ranges are checked by :func:`validate`
+before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from tennis_exp.errors import UserError
+
+EVENTS = ["Smash", "Net Play", "Rally", "Serve"]
+
+# THETIS action folders and the event each one belongs to (the users' mapping).
+THETIS_ACTIONS = {
+    "smash": "Smash",
+    "forehand_volley": "Net Play",
+    "backhand_volley": "Net Play",
+    "forehand_flat": "Rally",
+    "forehand_openstands": "Rally",
+    "backhand": "Rally",
+    "forehand_slice": "Rally",
+    "backhand_slice": "Rally",
+    "flat_service": "Serve",
+}
+THETIS_EXCLUDED = ["backhand2hands", "kick_service", "slice_service"]
+
+
+class Strategy(Enum):
+    dp = "dp"  # torch.nn.DataParallel: one process, the batch split across devices
+    ddp = "ddp"  # DistributedDataParallel: one process per device
+
+
+class BatchScaling(Enum):
+    per_device = "per_device"  # training.batch_size is per device (the guide's rule)
+    constant = "constant"  # training.batch_size is the effective batch
+
+
+class LrScaling(Enum):
+    none = "none"
+    linear = "linear"
+    sqrt = "sqrt"
+
+
+class Accelerator(Enum):
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+class Backbone(Enum):
+    small_cnn = "small_cnn"
+    resnet18 = "resnet18"
+    resnet50 = "resnet50"
+
+
+class SyntheticPreset(Enum):
+    full = "full"  # exactly the real split's window counts: 7775 / 882 / 952
+    small = "small"  # the CPU default
+    tiny = "tiny"  # tests and smoke runs
+
+
+@dataclass
+class SyntheticConfig:
+    preset: SyntheticPreset = SyntheticPreset.small
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    root: str = MISSING
+    # When set, the synthetic twin is generated into `root` (once per settings).
+    synthetic: SyntheticConfig | None = None
+    image_size: int = 64
+    window: int = 16
+    train_stride: int = 8
+    eval_stride: int = 16
+    events: list[str] = field(default_factory=lambda: list(EVENTS))
+    actions: dict[str, str] = field(default_factory=lambda: dict(THETIS_ACTIONS))
+    excluded: list[str] = field(default_factory=lambda: list(THETIS_EXCLUDED))
+    # Decoded frames are kept in a uint8 file per split, rebuilt when the source changes.
+    frame_cache: bool = True
+    cache_dir: str = ".cache/frames"
+    # Ablation: permute the frames of every window, which destroys temporal order.
+    shuffle_frames: bool = False
+
+
+@dataclass
+class ModelConfig:
+    backbone: Backbone = Backbone.small_cnn
+    # torchvision ImageNet weights: from `weights_path` if given, else downloaded when `pretrained`.
+    pretrained: bool = False
+    weights_path: str | None = None
+    freeze_backbone: bool = False
+    lstm_hidden: int = 128
+    lstm_layers: int = 2
+    dropout: float = 0.3
+    head_hidden: int = 128
+    # Start from a checkpoint (ours or the old script's best_model.pth).
+    init_from: str | None = None
+
+
+@dataclass
+class HardwareConfig:
+    name: str = "gpu1"
+    accelerator: Accelerator = Accelerator.cuda
+    devices: int = 1
+    strategy: Strategy = Strategy.dp
+    batch_scaling: BatchScaling = BatchScaling.per_device
+    lr_scaling: LrScaling = LrScaling.linear
+
+
+@dataclass
+class TrainingConfig:
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    epochs: int = 20
+    num_workers: int = 2
+    # Linear warmup length, used only when the LR was scaled up.
+    warmup_epochs: int = 1
+    lr_patience: int = 3
+    lr_factor: float = 0.5
+    grad_clip: float | None = 1.0
+    # Cap on batches per epoch and per evaluation (smoke runs); null means all.
+    max_batches: int | None = None
+
+
+@dataclass
+class TrackingConfig:
+    # null: $MLFLOW_TRACKING_URI if set, else a SQLite store in the launch directory.
+    uri: str | None = None
+    log_checkpoint: bool = True
+
+
+@dataclass
+class Config:
+    experiment_name: str = "tennis_4event"
+    seed: int = 42
+    # Print the device and scaling plan, train nothing.
+    dry_run: bool = False
+    # null: a progress bar on a terminal, plain log lines otherwise.
+    progress_bar: bool | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="tennis_exp_schema", node=Config)
+
+
+# (key, smallest valid value); checked after composition because OmegaConf checks types only.
+_MINIMUMS: list[tuple[str, Any]] = [
+    ("training.batch_size", 1),
+    ("training.epochs", 1),
+    ("training.num_workers", 0),
+    ("training.warmup_epochs", 0),
+    ("training.max_batches", 1),
+    ("hardware.devices", 1),
+    ("data.image_size", 16),
+    ("data.window", 1),
+    ("data.train_stride", 1),
+    ("data.eval_stride", 1),
+    ("model.lstm_hidden", 1),
+    ("model.lstm_layers", 1),
+]
+_POSITIVE: list[str] = ["training.learning_rate"]
+_FRACTIONS: list[str] = ["model.dropout", "training.lr_factor"]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise UserError naming the first key whose value is missing or out of range."""
+    def get(key: str) -> Any:
+        return OmegaConf.select(cfg, key)
+
+    if OmegaConf.is_missing(cfg.data, "root"):
+        raise UserError("data.root is not set: pass data.root=<folder holding train/ val/ test/>")
+
+    for key, low in _MINIMUMS:
+        value = get(key)
+        if value is not None and value < low:
+            raise UserError(f"{key}={value} is invalid: it must be an integer >= {low}")
+    for key in _POSITIVE:
+        if not get(key) > 0:
+            raise UserError(f"{key}={get(key)} is invalid: it must be > 0")
+    for key in _FRACTIONS:
+        if not 0 <= get(key) < 1:
+            raise UserError(f"{key}={get(key)} is invalid: it must be in [0, 1)")
+    unknown = sorted(set(cfg.data.actions.values()) - set(cfg.data.events))
+    if unknown:
+        raise UserError(
+            f"data.actions maps to unknown event(s) {unknown}; valid events: {list(cfg.data.events)}"
+        )
