@@ -1,0 +1,149 @@
+"""Hardware profiles: the guide's batch and LR scaling rules, device selection, model wrapping.
+
+Everything that depends on how many devices a run uses is decided here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tennis_exp.config import Accelerator, BatchScaling, LrScaling, Strategy
+from tennis_exp.errors import UserError
+
+log = logging.getLogger(__name__)
+
+_LR_EXPONENT = {LrScaling.none: 0.0, LrScaling.linear: 1.0, LrScaling.sqrt: 0.5}
+
+
+@dataclass(frozen=True)
+class ScalingPlan:
+    devices: int
+    per_device_batch_size: int
+    effective_batch_size: int
+    learning_rate: float
+    lr_factor: float  # learning_rate / training.learning_rate
+    batch_rule: str  # how the batch sizes were derived, for the banner
+    lr_rule: str  # how the LR was derived, for the banner
+
+
+def plan_scaling(
+    batch_size: int,
+    learning_rate: float,
+    devices: int,
+    batch_scaling: BatchScaling,
+    lr_scaling: LrScaling,
+) -> ScalingPlan:
+    """Turn the user's batch size and LR into per-device batch, effective batch and LR.
+
+    per_device: `batch_size` is per device, effective = batch_size x devices (the guide's rule).
+    constant: `batch_size` is the effective batch, split evenly over the devices.
+    The LR is `learning_rate` at `batch_size` on one device, scaled by
+    (effective / batch_size) ** {none: 0, linear: 1, sqrt: 1/2}.
+    """
+    if batch_scaling is BatchScaling.per_device:
+        per_device, effective = batch_size, batch_size * devices
+        batch_rule = f"per_device: {batch_size} per device x {devices} device(s)"
+    else:
+        if batch_size % devices:
+            raise UserError(
+                f"training.batch_size={batch_size} cannot be split evenly over "
+                f"hardware.devices={devices} with hardware.batch_scaling=constant: "
+                f"use a multiple of {devices}, or hardware.batch_scaling=per_device"
+            )
+        per_device, effective = batch_size // devices, batch_size
+        batch_rule = f"constant: {batch_size} effective / {devices} device(s)"
+    exponent = _LR_EXPONENT[lr_scaling]
+    factor = (effective / batch_size) ** exponent
+    lr_rule = f"{lr_scaling.value}: {learning_rate:g} x ({effective}/{batch_size})^{exponent:g}"
+    return ScalingPlan(
+        devices=devices,
+        per_device_batch_size=per_device,
+        effective_batch_size=effective,
+        learning_rate=learning_rate * factor,
+        lr_factor=factor,
+        batch_rule=batch_rule,
+        lr_rule=lr_rule,
+    )
+
+
+def loader_batch_size(plan: ScalingPlan, strategy: Strategy) -> int:
+    """Batch size for one process's DataLoader.
+
+    DataParallel splits the loader's batch across its devices, so the loader must yield the
+    effective batch; otherwise every GPU gets per_device / devices samples and the guide's
+    rule silently fails. Under DDP every process loads its own per-device batch.
+    """
+    return plan.effective_batch_size if strategy is Strategy.dp else plan.per_device_batch_size
+
+
+@dataclass(frozen=True)
+class DeviceSetup:
+    device: torch.device  # where the model and each batch live (the first device)
+    device_ids: list[int]  # CUDA device ids used by this run; empty on the CPU
+    strategy: Strategy
+
+    @property
+    def wraps(self) -> bool:
+        return self.strategy is Strategy.dp and len(self.device_ids) > 1
+
+
+def select_devices(hw, visible_cuda: int, dry_run: bool = False) -> DeviceSetup:
+    """Choose the devices a hardware profile asks for, given how many CUDA devices are visible.
+
+    Devices are picked by id, never by changing CUDA_VISIBLE_DEVICES: sweep jobs share one process
+    and CUDA caches the device count at first use. A dry run plans without the devices.
+    """
+    strategy, wanted = hw.strategy, hw.devices
+    if hw.accelerator is Accelerator.cpu:
+        if wanted > 1 and strategy is Strategy.dp:
+            raise UserError(
+                f"hardware.devices={wanted} with hardware.accelerator=cpu: DataParallel needs "
+                "CUDA devices; use hardware.devices=1 on the CPU"
+            )
+        return DeviceSetup(torch.device("cpu"), [], strategy)
+    if dry_run:
+        return DeviceSetup(torch.device("cuda", 0), list(range(wanted)), strategy)
+    if visible_cuda == 0 and wanted == 1:
+        log.warning("hardware=%s: no CUDA device is visible; falling back to the CPU", hw.name)
+        return DeviceSetup(torch.device("cpu"), [], strategy)
+    if wanted > visible_cuda:
+        env = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise UserError(
+            f"hardware={hw.name} needs {wanted} CUDA device(s) but {visible_cuda} visible "
+            f"(CUDA_VISIBLE_DEVICES={env if env is not None else 'unset'}); pick a profile with "
+            f"at most {visible_cuda} device(s) or set hardware.devices"
+        )
+    return DeviceSetup(torch.device("cuda", 0), list(range(wanted)), strategy)
+
+
+def wrap_model(model: nn.Module, setup: DeviceSetup) -> nn.Module:
+    """Move the model to its device and wrap it in DataParallel when it spans several GPUs."""
+    model = model.to(setup.device)
+    if setup.wraps:
+        return nn.DataParallel(model, device_ids=setup.device_ids, output_device=setup.device_ids[0])
+    return model
+
+
+def banner(setup: DeviceSetup, plan: ScalingPlan, train_size: int | None) -> list[str]:
+    """The lines the users' old script printed, then the scaling plan (train_size None: dry run)."""
+    lines = [f"Using device: {setup.device.type}"]
+    if len(setup.device_ids) > 1:
+        lines += [
+            f"Using {len(setup.device_ids)} GPUs for training!",
+            f"GPU IDs: {setup.device_ids}",
+        ]
+    lines += [
+        f"Strategy: {setup.strategy.value}",
+        f"Train set: {train_size} samples"
+        if train_size is not None
+        else "Train set: not loaded (dry run; devices not checked)",
+        f"Per-device batch size: {plan.per_device_batch_size} ({plan.batch_rule})",
+        f"Effective batch size: {plan.effective_batch_size}",
+        f"Learning rate: {plan.learning_rate:g} ({plan.lr_rule})",
+    ]
+    return lines

@@ -1,0 +1,50 @@
+"""Shared fixtures: composed configs (Hydra's compose API) and CLI subprocess runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from tennis_exp.config import register_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+register_configs()
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides or [])
+
+
+@pytest.fixture
+def smoke_cfg(tmp_path: Path) -> DictConfig:
+    """`debug=smoke` on the CPU, with its data and MLflow store inside tmp_path."""
+    cfg = compose_config(["debug=smoke", "hardware=cpu"])
+    with open_dict(cfg):
+        cfg.data.root = str(tmp_path / "data")
+        cfg.data.cache_dir = str(tmp_path / "cache")
+        cfg.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return cfg
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 300):
+    """`python -m tennis_exp ARGS` in a subprocess, as a user types it."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",
+                                                                 "HYDRA_FULL_ERROR")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "tennis_exp", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,161 @@
+"""The guide's scaling rules, the DataParallel loader-batch rule and device selection."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from tennis_exp.config import BatchScaling, LrScaling, Strategy
+from tennis_exp.errors import UserError
+from tennis_exp.hardware import (
+    DeviceSetup,
+    banner,
+    loader_batch_size,
+    plan_scaling,
+    select_devices,
+    wrap_model,
+)
+
+from .conftest import compose_config
+
+PD, CONST = BatchScaling.per_device, BatchScaling.constant
+NONE, LIN, SQRT = LrScaling.none, LrScaling.linear, LrScaling.sqrt
+
+
+@pytest.mark.parametrize(
+    ("batch", "lr", "devices", "batch_rule", "lr_rule", "per_device", "effective", "planned_lr"),
+    [
+        # The guide: 1e-4 at batch 32 becomes 2e-4 at effective 64.
+        (32, 1e-4, 1, PD, LIN, 32, 32, 1e-4),
+        (32, 1e-4, 2, PD, LIN, 32, 64, 2e-4),
+        (32, 1e-4, 4, PD, LIN, 32, 128, 4e-4),
+        (32, 1e-4, 2, PD, NONE, 32, 64, 1e-4),
+        (32, 1e-4, 4, PD, SQRT, 32, 128, 2e-4),
+        (32, 1e-4, 2, PD, SQRT, 32, 64, 1e-4 * math.sqrt(2)),
+        # constant: the same effective batch on any device count, so the LR stays put.
+        (64, 1e-4, 2, CONST, LIN, 32, 64, 1e-4),
+        (64, 1e-4, 4, CONST, LIN, 16, 64, 1e-4),
+        (64, 1e-4, 1, CONST, SQRT, 64, 64, 1e-4),
+        (16, 3e-4, 4, CONST, NONE, 4, 16, 3e-4),
+    ],
+)
+def test_plan_scaling_table(batch, lr, devices, batch_rule, lr_rule, per_device, effective,
+                            planned_lr):
+    plan = plan_scaling(batch, lr, devices, batch_rule, lr_rule)
+    assert plan.devices == devices
+    assert plan.per_device_batch_size == per_device
+    assert plan.effective_batch_size == effective
+    assert plan.learning_rate == pytest.approx(planned_lr)
+    assert plan.lr_factor == pytest.approx(planned_lr / lr)
+
+
+@pytest.mark.parametrize("batch", [30, 33, 2])
+def test_constant_batch_must_divide(batch):
+    with pytest.raises(UserError, match=rf"training.batch_size={batch} .*hardware.devices=4"):
+        plan_scaling(batch, 1e-4, 4, CONST, LIN)
+
+
+@pytest.mark.parametrize(
+    ("profile", "devices", "per_device", "effective", "lr"),
+    [
+        ("cpu", 1, 32, 32, 1e-4),
+        ("gpu1", 1, 32, 32, 1e-4),
+        ("gpu2", 2, 32, 64, 2e-4),
+        ("gpu4", 4, 32, 128, 4e-4),
+        ("colab", 1, 16, 16, 1e-4),
+    ],
+)
+def test_every_profile_plans_as_the_guide_says(profile, devices, per_device, effective, lr):
+    cfg = compose_config([f"hardware={profile}"])
+    hw, tr = cfg.hardware, cfg.training
+    plan = plan_scaling(tr.batch_size, tr.learning_rate, hw.devices, hw.batch_scaling,
+                        hw.lr_scaling)
+    assert (plan.devices, plan.per_device_batch_size, plan.effective_batch_size) == (
+        devices, per_device, effective)
+    assert plan.learning_rate == pytest.approx(lr)
+    assert hw.name == profile
+
+
+@pytest.mark.parametrize(("strategy", "devices", "loader_batch"),
+                         [(Strategy.dp, 1, 32), (Strategy.dp, 2, 64), (Strategy.dp, 4, 128),
+                          (Strategy.ddp, 2, 32), (Strategy.ddp, 4, 32)])
+def test_dataparallel_loader_gets_the_whole_batch(strategy, devices, loader_batch):
+    # DataParallel splits the loader's batch: it must be per-device x devices, so each GPU
+    # really gets 32 (the old script gave the loader 32 and each of 2 GPUs got 16).
+    plan = plan_scaling(32, 1e-4, devices, PD, LIN)
+    assert loader_batch_size(plan, strategy) == loader_batch
+    if strategy is Strategy.dp:
+        assert loader_batch_size(plan, strategy) // devices == plan.per_device_batch_size
+
+
+def _hw(name="gpu2", **kw):
+    cfg = compose_config([f"hardware={name}", *[f"hardware.{k}={v}" for k, v in kw.items()]])
+    return cfg.hardware
+
+
+def test_select_devices_by_id_when_enough_are_visible():
+    setup = select_devices(_hw("gpu4"), visible_cuda=8)
+    assert setup.device == torch.device("cuda", 0)
+    assert setup.device_ids == [0, 1, 2, 3]
+    assert setup.wraps
+
+
+def test_too_many_devices_names_counts_and_env(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(UserError) as err:
+        select_devices(_hw("gpu4"), visible_cuda=1)
+    assert str(err.value).count("\n") == 0
+    for part in ("hardware=gpu4", "needs 4", "1 visible", "CUDA_VISIBLE_DEVICES=0"):
+        assert part in str(err.value)
+
+
+def test_gpu1_falls_back_to_cpu_with_a_warning(caplog):
+    setup = select_devices(_hw("gpu1"), visible_cuda=0)
+    assert setup.device.type == "cpu" and setup.device_ids == [] and not setup.wraps
+    assert "falling back to the CPU" in caplog.text
+
+
+def test_gpu2_does_not_fall_back():
+    with pytest.raises(UserError, match="needs 2 CUDA device"):
+        select_devices(_hw("gpu2"), visible_cuda=0)
+
+
+def test_dry_run_plans_without_devices():
+    setup = select_devices(_hw("gpu4"), visible_cuda=0, dry_run=True)
+    assert setup.device_ids == [0, 1, 2, 3]
+    lines = banner(setup, plan_scaling(32, 1e-4, 4, PD, LIN), train_size=None)
+    assert lines[:3] == ["Using device: cuda", "Using 4 GPUs for training!", "GPU IDs: [0, 1, 2, 3]"]
+    assert "Effective batch size: 128" in lines
+    assert any(line.startswith("Learning rate: 0.0004 (linear") for line in lines)
+
+
+def test_cpu_dataparallel_over_several_devices_is_refused():
+    with pytest.raises(UserError, match="hardware.devices=2 with hardware.accelerator=cpu"):
+        select_devices(_hw("cpu", devices=2), visible_cuda=0)
+
+
+class _RecordingDP(nn.Module):
+    """Stands in for nn.DataParallel, which needs real GPUs to wrap."""
+
+    def __init__(self, module, device_ids, output_device):
+        super().__init__()
+        self.module, self.device_ids, self.output_device = module, device_ids, output_device
+
+
+@pytest.mark.parametrize(("ids", "strategy", "wrapped"),
+                         [([], Strategy.dp, False), ([0], Strategy.dp, False),
+                          ([0, 1], Strategy.dp, True), ([0, 1, 2, 3], Strategy.dp, True),
+                          ([0, 1], Strategy.ddp, False)])
+def test_wrap_decision(monkeypatch, ids, strategy, wrapped):
+    monkeypatch.setattr(nn, "DataParallel", _RecordingDP)
+    setup = DeviceSetup(torch.device("cpu"), ids, strategy)  # .to() the CPU: no GPU needed
+    model = nn.Linear(2, 2)
+    out = wrap_model(model, setup)
+    assert isinstance(out, _RecordingDP) is wrapped
+    if wrapped:
+        assert out.module is model and out.device_ids == ids and out.output_device == ids[0]
+    else:
+        assert out is model
