@@ -1,0 +1,118 @@
+"""Checkpoints: atomic writes, weights-only loading, wrapper prefixes.
+
+A checkpoint is the users' old format, a dict with `model_state_dict`, `optimizer_state_dict`,
+`epoch`, `best_f1` and `config`, so files move freely between the old script and this one.
+The model state is always the unwrapped model's: no `module.` (DataParallel/DDP) or
+`_orig_mod.` (torch.compile) prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tennis_exp.errors import UserError
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Remove wrapper prefixes, however nested (`module._orig_mod.lstm.weight` -> `lstm.weight`)."""
+    out = {}
+    for key, value in state_dict.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DataParallel, DistributedDataParallel and torch.compile wrappers."""
+    while True:
+        if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write to a temporary file beside `path`, then rename: a kill mid-save keeps the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load with `weights_only=True`; never falls back to unsafe unpickling."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower():
+            raise UserError(
+                f"checkpoint {path} holds Python objects that weights-only loading refuses; "
+                "it is not loaded unsafely: re-save it with tensors and plain types only"
+            ) from None
+        raise UserError(f"checkpoint {path} is corrupt: {_first_line(err)}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise UserError(
+            f"checkpoint {path} is truncated or not a PyTorch file: {_first_line(err)}"
+        ) from None
+    if not isinstance(payload, dict):
+        raise UserError(f"checkpoint {path} holds a {type(payload).__name__}, not a dict")
+    return payload
+
+
+def model_state(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint dict, or the dict itself if it is a bare state dict."""
+    state = payload.get("model_state_dict", payload)
+    return strip_prefixes(state)
+
+
+def load_model_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint's weights into `model` (wrapped or not); return the checkpoint dict."""
+    payload = load_checkpoint(path)
+    target = unwrap(model)
+    state = model_state(payload)
+    expected = target.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        k for k in set(state) & set(expected) if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or mismatched:
+        raise UserError(
+            f"checkpoint {path} does not fit this model (another architecture?): "
+            f"missing {_some(missing)}, unexpected {_some(unexpected)}, "
+            f"shape mismatch {_some(mismatched)}"
+        )
+    target.load_state_dict(state)
+    return payload
+
+
+def _some(keys: list[str], shown: int = 4) -> str:
+    if not keys:
+        return "none"
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return f"{len(keys)} keys [{', '.join(keys[:shown])}{more}]"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
