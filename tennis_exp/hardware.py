@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -87,9 +87,11 @@ class DeviceSetup:
     device_ids: list[int]  # CUDA device ids used by this run; empty on the CPU
     strategy: Strategy
 
-    @property
-    def wraps(self) -> bool:
-        return self.strategy is Strategy.dp and len(self.device_ids) > 1
+    def for_rank(self, local_rank: int) -> DeviceSetup:
+        """A DDP process's own device: the local rank's GPU (the CPU stays the CPU)."""
+        if self.device.type != "cuda":
+            return self
+        return replace(self, device=torch.device("cuda", self.device_ids[local_rank]))
 
 
 def select_devices(hw, visible_cuda: int, dry_run: bool = False) -> DeviceSetup:
@@ -121,15 +123,21 @@ def select_devices(hw, visible_cuda: int, dry_run: bool = False) -> DeviceSetup:
     return DeviceSetup(torch.device("cuda", 0), list(range(wanted)), strategy)
 
 
-def wrap_model(model: nn.Module, setup: DeviceSetup) -> nn.Module:
-    """Move the model to its device and wrap it in DataParallel when it spans several GPUs."""
+def wrap_model(model: nn.Module, setup: DeviceSetup, distributed: bool) -> nn.Module:
+    """Move the model to its device; wrap it in DistributedDataParallel inside a process group,
+    or in DataParallel when one process drives several GPUs."""
     model = model.to(setup.device)
-    if setup.wraps:
+    if setup.strategy is Strategy.ddp and distributed:
+        ids = [setup.device.index] if setup.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if setup.strategy is Strategy.dp and len(setup.device_ids) > 1:
         return nn.DataParallel(model, device_ids=setup.device_ids, output_device=setup.device_ids[0])
     return model
 
 
-def banner(setup: DeviceSetup, plan: ScalingPlan, train_size: int | None) -> list[str]:
+def banner(
+    setup: DeviceSetup, plan: ScalingPlan, train_size: int | None, backend: str | None = None
+) -> list[str]:
     """The lines the users' old script printed, then the scaling plan (train_size None: dry run)."""
     lines = [f"Using device: {setup.device.type}"]
     if len(setup.device_ids) > 1:
@@ -138,7 +146,9 @@ def banner(setup: DeviceSetup, plan: ScalingPlan, train_size: int | None) -> lis
             f"GPU IDs: {setup.device_ids}",
         ]
     lines += [
-        f"Strategy: {setup.strategy.value}",
+        f"Strategy: ddp (backend {backend}, world size {plan.devices})"
+        if setup.strategy is Strategy.ddp
+        else "Strategy: dp",
         f"Train set: {train_size} samples"
         if train_size is not None
         else "Train set: not loaded (dry run; devices not checked)",

@@ -1,0 +1,174 @@
+"""DistributedDataParallel: one process per device, started by PyTorch's elastic launcher.
+
+`python -m tennis_exp hardware.strategy=ddp` launches the workers itself (the job's process is
+the elastic agent and keeps the MLflow run); under `torchrun` every process is already a worker
+and the launch is skipped. Everything rank-dependent lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as torch_dist
+from omegaconf import DictConfig, OmegaConf
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from tennis_exp.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job; rank 0 of 1 when not distributed."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def active(self) -> bool:
+        return torch_dist.is_available() and torch_dist.is_initialized()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, values: list[float], device: torch.device, op: str = "sum") -> list[float]:
+        """Sum (or max) numbers over all ranks; identity when not distributed."""
+        if not self.active:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        reduce_op = torch_dist.ReduceOp.SUM if op == "sum" else torch_dist.ReduceOp.MAX
+        torch_dist.all_reduce(tensor, op=reduce_op)
+        return tensor.tolist()
+
+    def all_reduce_tensor(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+        if not self.active:
+            return tensor
+        on_device = tensor.to(device)
+        torch_dist.all_reduce(on_device)
+        return on_device.to(tensor.device)
+
+    def barrier(self) -> None:
+        if self.active:
+            torch_dist.barrier()
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's value on every rank."""
+        if not self.active:
+            return value
+        box = [value]
+        torch_dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def backend(cfg: DictConfig) -> str:
+    return "nccl" if cfg.hardware.accelerator.value == "cuda" and torch.cuda.is_available() else "gloo"
+
+
+def init_process_group(cfg: DictConfig) -> Dist:
+    """Join the job the launcher (ours or torchrun) set up through the environment."""
+    dist = Dist(
+        rank=int(os.environ["RANK"]),
+        local_rank=int(os.environ["LOCAL_RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+    )
+    if backend(cfg) == "nccl":
+        torch.cuda.set_device(dist.local_rank)
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend(cfg))
+    return dist
+
+
+def destroy_process_group() -> None:
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def launch(cfg: DictConfig, output_dir: Path, run_id: str, nprocs: int) -> float:
+    """Start `nprocs` workers on this machine and wait; return rank 0's result.
+
+    If any worker fails, the agent stops the others and this raises, naming the failing rank
+    and its error, so the job ends in bounded time.
+    """
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    log_dir = output_dir / "ranks"
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nprocs,
+        run_id=f"tennis-exp-{uuid.uuid4().hex[:8]}",
+        # Port 0: the store picks a free port, so concurrent jobs never collide.
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",
+        max_restarts=0,
+        monitor_interval=0.2,
+        start_method="spawn",
+        # Every rank's output goes to a file; rank 0's is also shown on the console.
+        logs_specs=DefaultLogsSpecs(log_dir=str(log_dir), redirects=Std.ALL, tee={0: Std.ALL}),
+    )
+    container = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        results = elastic_launch(config, worker)(container, str(output_dir), run_id)
+    except ChildFailedError as err:
+        rank, failure = err.get_first_failure()
+        message = failure.message
+        if isinstance(message, dict):
+            message = message.get("message", "")
+        message = str(message).strip().splitlines()[0] if str(message).strip() else (
+            f"exit code {failure.exitcode}")
+        raise DistributedFailure(
+            f"rank {rank} of {nprocs} failed: {message} (its log is under {log_dir})"
+        ) from None
+    return results[0]
+
+
+class DistributedFailure(UserError):
+    """A worker failed; its own traceback is in its log file, not repeated here."""
+
+
+@record  # writes the error file through which the agent learns why this rank failed
+def worker(container: dict, output_dir: str, run_id: str) -> float:
+    """One spawned rank: rebuild the config, join the group, train."""
+    from tennis_exp.config import Config
+    from tennis_exp.train import train_process
+
+    # The spawned process has no Hydra: re-type the resolved config against the schema.
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), container)
+    dist = init_process_group(cfg)
+    if backend(cfg) == "gloo":
+        # Ranks share the CPU: without this each one starts a thread per core.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
+    setup_rank_logging(dist, Path(output_dir))
+    try:
+        return train_process(cfg, Path(output_dir), run_id, dist)
+    finally:
+        destroy_process_group()
+
+
+def setup_rank_logging(dist: Dist, output_dir: Path) -> None:
+    """Rank 0 logs as the job does; the other ranks only warnings and errors."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(f"[%(asctime)s][rank {dist.rank}][%(levelname)s] %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if dist.is_main else logging.WARNING)
+    if dist.is_main:
+        file_handler = logging.FileHandler(output_dir / "train.log")
+        file_handler.setFormatter(handler.formatter)
+        root.addHandler(file_handler)

@@ -1,0 +1,151 @@
+"""The command line as users type it, in subprocesses, against a real MLflow store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from tennis_exp.checkpoint import load_model_weights
+from tennis_exp.models import build_model
+
+from .conftest import compose_config, run_cli
+
+
+def _smoke_args(tmp_path: Path) -> list[str]:
+    return [
+        "debug=smoke",
+        f"data.root={tmp_path / 'data'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"tracking.uri={_uri(tmp_path)}",
+    ]
+
+
+def _uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def _runs(tmp_path: Path, experiment: str = "tennis_4event"):
+    client = MlflowClient(_uri(tmp_path))
+    exp = client.get_experiment_by_name(experiment)
+    return client, ([] if exp is None else client.search_runs([exp.experiment_id]))
+
+
+def test_smoke_run_is_tracked_in_mlflow(tmp_path):
+    out = run_cli([*_smoke_args(tmp_path), f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    log = out.stdout + out.stderr
+    # gpu1 is the default profile; without CUDA it falls back to the CPU and says so.
+    assert "falling back to the CPU" in log
+    assert "Using device: cpu" in log
+    assert "Train set: " in log and "Effective batch size: 8" in log
+
+    client, runs = _runs(tmp_path)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "gpu1-dp-bs8-lr1e-4"
+    params = run.data.params
+    assert params["training.batch_size"] == "8"
+    assert params["hardware.name"] == "gpu1"
+    assert params["scaling.devices"] == "1"
+    assert params["scaling.per_device_batch_size"] == "8"
+    assert params["scaling.effective_batch_size"] == "8"
+    assert float(params["scaling.learning_rate"]) == pytest.approx(1e-4)
+    metrics = run.data.metrics
+    for key in ["train/loss", "train/acc", "val/loss", "val/acc", "val/macro_f1",
+                "val/macro_precision", "val/macro_recall", "val/f1_net_play", "lr",
+                "perf/samples_per_sec", "perf/epoch_time_s", "test/acc", "test/macro_f1"]:
+        assert key in metrics, key
+    assert 0 <= metrics["val/macro_f1"] <= 1
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/macro_f1")] == [1]
+    tags = run.data.tags
+    assert tags["hardware"] == "gpu1" and tags["strategy"] == "dp"
+    assert "sweep_dir" not in tags
+    assert len(tags.get("mlflow.source.git.commit", "x" * 40)) == 40
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"resolved_config.yaml", "overrides.yaml", "confusion_matrix.png",
+            "checkpoints"} <= artifacts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == [
+        "checkpoints/best.pth"]
+
+    # The checkpoint holds the unwrapped model, in the users' format, and loads into a new one.
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pth"
+    payload = torch.load(ckpt, weights_only=True)
+    assert {"model_state_dict", "optimizer_state_dict", "epoch", "best_f1", "config"} <= set(
+        payload)
+    assert not any(k.startswith("module.") for k in payload["model_state_dict"])
+    model = build_model(compose_config(["debug=smoke"]).model, num_classes=4)
+    load_model_weights(model, ckpt)
+
+
+def test_multirun_of_two_cpu_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = run_cli(["--multirun", "hardware=cpu,gpu1", *_smoke_args(tmp_path),
+                   f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0-cpu", "1-gpu1"]
+    assert (sweep / "0-cpu" / "checkpoints" / "best.pth").is_file()
+    _, runs = _runs(tmp_path)
+    assert sorted(r.data.tags["hardware"] for r in runs) == ["cpu", "gpu1"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["sweep_dir"] for r in runs} == {str(sweep)}
+
+
+def test_sweep_goes_on_past_a_failed_job(tmp_path):
+    # No GPU here: the gpu2 job fails, the cpu job after it still runs.
+    out = run_cli(["--multirun", "hardware=gpu2,cpu", *_smoke_args(tmp_path),
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert out.returncode == 1
+    assert "job 0 (hardware=gpu2" in out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    _, runs = _runs(tmp_path)
+    assert [(r.data.tags["hardware"], r.info.status) for r in runs] == [("cpu", "FINISHED")]
+    assert out.stderr.strip().splitlines()[-1].startswith("Error: hardware=gpu2 needs 2 CUDA")
+
+
+def test_dry_run_plans_a_four_gpu_job_on_a_laptop(tmp_path):
+    out = run_cli(["hardware=gpu4", "dry_run=true", f"tracking.uri={_uri(tmp_path)}",
+                   f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for line in ["Using device: cuda", "Using 4 GPUs for training!", "GPU IDs: [0, 1, 2, 3]",
+                 "Per-device batch size: 32", "Effective batch size: 128",
+                 "Learning rate: 0.0004 (linear: 0.0001 x (128/32)^1)"]:
+        assert line in out.stdout
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("hardware=gpu3", "Could not find 'hardware/gpu3'; valid options: colab, cpu, gpu1"),
+        ("training.batch_size=abc", "training.batch_size=abc: Value 'abc' of type 'str' could "
+                                    "not be converted to Integer"),
+        ("training.batch_size=0", "training.batch_size=0 is invalid: it must be an integer >= 1"),
+        ("training.batch_size=-4", "training.batch_size=-4 is invalid"),
+        ("training.learning_rate=-1", "training.learning_rate=-1.0 is invalid: it must be > 0"),
+        ("training.epochs=0", "training.epochs=0 is invalid"),
+        ("hardware.devices=0", "hardware.devices=0 is invalid"),
+        ("hardware.strategy=foo", "Invalid value 'foo', expected one of [dp, ddp]"),
+        ("training.bogus=1", "Key 'bogus' not in 'TrainingConfig'"),
+        ("hardware=gpu2", "hardware=gpu2 needs 2 CUDA device(s) but 0 visible"),
+        ("data=thetis", "data.root is not set"),
+        ("data=thetis data.root=/nonexistent/frames", "/nonexistent/frames"),
+    ],
+)
+def test_bad_input_gives_one_line_and_leaves_no_run(tmp_path, override, expected):
+    # The real-data cases run without debug=smoke, which points data.root at synthetic data.
+    args = [f"tracking.uri={_uri(tmp_path)}"] if override.startswith("data") else _smoke_args(
+        tmp_path)
+    out = run_cli([*args, *override.split(), f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                  env={"CUDA_VISIBLE_DEVICES": ""})
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("Error: ") and expected in lines[0]
+    _, runs = _runs(tmp_path)
+    assert runs == []
