@@ -1,0 +1,45 @@
+# tennis-exp: `make help` lists the targets. Every target that runs code sets up .venv itself.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+HW     ?= cpu,gpu1
+PORT   ?= 5000
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install train sweep ui test test-all lint clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the package (editable) with its dev tools
+
+train: $(STAMP) ## Train on the defaults: synthetic data, local MLflow store (ARGS="key=value ...")
+	$(PY) -m tennis_exp $(ARGS)
+
+sweep: $(STAMP) ## Sweep hardware profiles into multirun_outputs/ (HW=gpu1,gpu2,gpu4 ARGS=...)
+	$(PY) -m tennis_exp --multirun hardware=$(HW) $(ARGS)
+
+ui: $(STAMP) ## MLflow UI on the project's store, on 127.0.0.1 (PORT=5000)
+	@echo "MLflow UI: http://127.0.0.1:$(PORT)  (Ctrl-C stops it)"
+	$(PY) -m mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
+		--host 127.0.0.1 --port $(PORT) --workers 1
+
+test: $(STAMP) ## The fast test suite (what CI runs)
+	$(PY) -m pytest -m "not slow"
+
+test-all: $(STAMP) ## Every test, the slow ones too
+	$(PY) -m pytest
+
+lint: $(STAMP) ## ruff
+	$(PY) -m ruff check tennis_exp tests
+
+clean: ## Remove outputs, caches and the local MLflow store (keeps .venv)
+	rm -rf outputs multirun_outputs/*/ mlflow.db mlartifacts .cache data .pytest_cache
