@@ -75,6 +75,8 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         run()
+    except KeyboardInterrupt as err:
+        sys.exit(f"Interrupted ({err or 'Ctrl-C'})")
     except Exception as err:
         if _show_traceback or not is_user_error(err):
             raise

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +119,36 @@ def _some(keys: list[str], shown: int = 4) -> str:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+# What `resume` needs beyond the weights; `last.pth` holds all of it.
+RESUME_KEYS = ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "epoch",
+               "best_f1", "global_step", "config", "rng_states", "mlflow_run_id",
+               "mlflow_tracking_uri")
+
+
+def resume_checkpoint(target: str) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint a `resume=<run dir or checkpoint>` points at, checked to be resumable."""
+    path = Path(target)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pth"
+    payload = load_checkpoint(path)
+    missing = [key for key in RESUME_KEYS if key not in payload]
+    if missing:
+        raise UserError(
+            f"resume={target}: {path} cannot be resumed (it lacks {', '.join(missing)}); "
+            "start from its weights with model.init_from instead"
+        )
+    return path, payload
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends, so an epoch's checkpoint and its metrics are
+    written together or not at all."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)

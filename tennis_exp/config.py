@@ -148,6 +148,8 @@ class Config:
     dry_run: bool = False
     # null: a progress bar on a terminal, plain log lines otherwise.
     progress_bar: bool | None = None
+    # Continue an interrupted run: its output directory or a checkpoint (last.pth).
+    resume: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
@@ -157,6 +159,11 @@ class Config:
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="tennis_exp_schema", node=Config)
+
+
+def from_container(container: dict) -> DictConfig:
+    """A resolved config saved as plain data (a checkpoint's, a spawned worker's), re-typed."""
+    return OmegaConf.merge(OmegaConf.structured(Config), container)
 
 
 # (key, smallest valid value); checked after composition because OmegaConf checks types only.

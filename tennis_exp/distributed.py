@@ -61,6 +61,14 @@ class Dist:
         if self.active:
             torch_dist.barrier()
 
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every rank's value, in rank order."""
+        if not self.active:
+            return [value]
+        out: list[Any] = [None] * self.world_size
+        torch_dist.all_gather_object(out, value)
+        return out
+
     def broadcast(self, value: Any) -> Any:
         """Rank 0's value on every rank."""
         if not self.active:
@@ -145,11 +153,10 @@ class DistributedFailure(UserError):
 @record  # writes the error file through which the agent learns why this rank failed
 def worker(container: dict, output_dir: str, run_id: str) -> float:
     """One spawned rank: rebuild the config, join the group, train."""
-    from tennis_exp.config import Config
+    from tennis_exp.config import from_container
     from tennis_exp.train import train_process
 
-    # The spawned process has no Hydra: re-type the resolved config against the schema.
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), container)
+    cfg = from_container(container)  # a spawned process has no Hydra
     dist = init_process_group(cfg)
     if backend(cfg) == "gloo":
         # Ranks share the CPU: without this each one starts a thread per core.

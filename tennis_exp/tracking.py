@@ -137,31 +137,48 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def mlflow_run(uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> Iterator[Run]:
-    """A run that ends FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED (with the error as a tag)."""
+def mlflow_run(
+    uri: str, experiment: str, run_name: str, tags: dict[str, str], resume_id: str | None = None
+) -> Iterator[Run]:
+    """A run that ends FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED (with the error as a tag).
+
+    With `resume_id` the interrupted run is reopened and continues where it stopped.
+    """
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
     experiment_id = ensure_experiment(uri, experiment)
     client = MlflowClient(uri)
-    commit = git_commit()
-    if commit:
-        tags = {**tags, "mlflow.source.git.commit": commit}
-    info = client.create_run(experiment_id, run_name=run_name, tags=tags).info
+    if resume_id:
+        try:
+            previous = client.get_run(resume_id)
+        except MlflowException:
+            raise UserError(f"the run to resume, {resume_id}, is not in the store {uri}") from None
+        info = previous.info
+        client.update_run(resume_id, status="RUNNING")
+        if "error" in previous.data.tags:
+            client.delete_tag(resume_id, "error")
+    else:
+        commit = git_commit()
+        if commit:
+            tags = {**tags, "mlflow.source.git.commit": commit}
+        info = client.create_run(experiment_id, run_name=run_name, tags=tags).info
     run = Run(client, info.run_id)
-    log.info("MLflow run %s (%s) in experiment '%s' at %s", run_name, info.run_id, experiment, uri)
+    log.info("MLflow run %s (%s) in experiment '%s' at %s%s", info.run_name, info.run_id,
+             experiment, uri, ", resumed" if resume_id else "")
     # `kill` (SIGTERM, as `nohup` jobs are stopped) would otherwise end Python without cleanup.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield run
-    except (KeyboardInterrupt, SignalException) as err:
-        client.set_tag(info.run_id, "error", str(err) or "interrupted")
-        client.set_terminated(info.run_id, "KILLED")
-        raise
     except BaseException as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         client.set_tag(info.run_id, "error", f"{type(err).__name__}: {message}"[:5000])
-        client.set_terminated(info.run_id, "FAILED")
+        # A signal to the whole process group also kills loader workers, whose death then
+        # surfaces while the interrupt is being handled: still an interruption.
+        interrupts = (KeyboardInterrupt, SignalException)
+        killed = isinstance(err, interrupts) or isinstance(err.__context__, interrupts)
+        client.set_terminated(info.run_id, "KILLED" if killed else "FAILED")
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -15,12 +15,20 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 from tqdm import tqdm
 
 from tennis_exp import distributed
-from tennis_exp.checkpoint import load_model_weights, save_checkpoint, unwrap
-from tennis_exp.config import Accelerator, Strategy, validate
+from tennis_exp.checkpoint import (
+    load_checkpoint,
+    load_model_weights,
+    model_state,
+    resume_checkpoint,
+    save_checkpoint,
+    signals_deferred,
+    unwrap,
+)
+from tennis_exp.config import Accelerator, Strategy, from_container, validate
 from tennis_exp.data import build_datasets
 from tennis_exp.distributed import Dist
 from tennis_exp.errors import UserError
@@ -56,6 +64,19 @@ def train(
     itself one of the workers.
     """
     validate(cfg)
+    resume_id = None
+    if cfg.resume:
+        # The run goes on with the config it was started with, in its own directory.
+        ckpt_path, payload = resume_checkpoint(cfg.resume)
+        ignored = [o for o in overrides or [] if not o.startswith("resume=")]
+        if ignored:
+            log.warning("resume continues with the run's saved config; ignoring %s", ignored)
+        cfg = from_container(payload["config"])
+        cfg.resume = str(ckpt_path)
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            cfg.tracking.uri = payload["mlflow_tracking_uri"]
+        output_dir, resume_id = ckpt_path.parent.parent, payload["mlflow_run_id"]
+        log.info("Resuming %s after epoch %d", output_dir, payload["epoch"])
     hw = cfg.hardware
     dist = distributed.init_process_group(cfg) if distributed.launched_by_torchrun() else Dist()
     try:
@@ -98,27 +119,36 @@ def train(
         tags = {"hardware": hw.name, "strategy": hw.strategy.value}
         if sweep_dir:
             tags["sweep_dir"] = sweep_dir
-        with mlflow_run(uri, cfg.experiment_name, run_name(cfg, plan), tags) as run:
-            run.log_params(
-                {
-                    **config_params(cfg),
-                    "scaling.devices": plan.devices,
-                    "scaling.world_size": plan.devices if hw.strategy is Strategy.ddp else 1,
-                    "scaling.per_device_batch_size": plan.per_device_batch_size,
-                    "scaling.effective_batch_size": plan.effective_batch_size,
-                    "scaling.learning_rate": plan.learning_rate,
-                }
-            )
-            (output_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-            (output_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(list(overrides or [])))
-            run.log_artifact(output_dir / "resolved_config.yaml")
-            run.log_artifact(output_dir / "overrides.yaml")
+        with mlflow_run(uri, cfg.experiment_name, run_name(cfg, plan), tags, resume_id) as run:
+            if not resume_id:
+                log_run_inputs(run, cfg, plan, output_dir, overrides)
             if hw.strategy is Strategy.ddp and not dist.active:
                 return distributed.launch(cfg, output_dir, run.run_id, nprocs=hw.devices)
             return train_process(cfg, output_dir, run.run_id, dist, datasets)
     finally:
         if distributed.launched_by_torchrun():
             distributed.destroy_process_group()
+
+
+def log_run_inputs(run: Run, cfg: DictConfig, plan: ScalingPlan, output_dir: Path,
+                   overrides: list[str] | None) -> None:
+    """Params (the resolved config and the scaling plan), the config and overrides as files."""
+    run.log_params(
+        {
+            **config_params(cfg),
+            "scaling.devices": plan.devices,
+            "scaling.world_size": plan.devices if cfg.hardware.strategy is Strategy.ddp else 1,
+            "scaling.per_device_batch_size": plan.per_device_batch_size,
+            "scaling.effective_batch_size": plan.effective_batch_size,
+            "scaling.learning_rate": plan.learning_rate,
+        }
+    )
+    for name, text in [
+        ("resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True)),
+        ("overrides.yaml", OmegaConf.to_yaml(list(overrides or []))),
+    ]:
+        (output_dir / name).write_text(text)
+        run.log_artifact(output_dir / name)
 
 
 def train_process(
@@ -139,20 +169,25 @@ def train_process(
         datasets = build_datasets(cfg.data, cfg.seed)
 
     model = build_model(cfg.model, num_classes=len(events))
-    if cfg.model.init_from:
+    resume = load_checkpoint(cfg.resume) if cfg.resume else None
+    if resume:
+        model.load_state_dict(model_state(resume))
+    elif cfg.model.init_from:
         load_model_weights(model, cfg.model.init_from)
         log.info("Initialised from %s", cfg.model.init_from)
     model = wrap_model(model, setup, distributed=dist.active)
 
     batch = loader_batch_size(plan, hw.strategy)
+    # Shuffles are seeded per epoch (seed + epoch), so a resumed run sees the same order.
+    shuffle_generator = torch.Generator()
     train_sampler = (
         DistributedSampler(datasets["train"], dist.world_size, dist.rank, seed=cfg.seed)
         if dist.active
-        else None
+        else RandomSampler(datasets["train"], generator=shuffle_generator)
     )
     loaders = {
         "train": make_loader(datasets["train"], batch, tcfg.num_workers, setup, cfg.seed,
-                             sampler=train_sampler, shuffle=train_sampler is None),
+                             sampler=train_sampler),
         # Each rank evaluates every world_size-th window: the split exactly once, no padding.
         **{
             split: make_loader(Subset(datasets[split], range(dist.rank, len(datasets[split]),
@@ -173,12 +208,19 @@ def train_process(
         cfg.progress_bar if cfg.progress_bar is not None else sys.stderr.isatty()
     )
     ckpt_dir = output_dir / "checkpoints"
-    best_f1, step = -1.0, 0
+    first_epoch, best_f1, step = 1, -1.0, 0
+    if resume:
+        optimizer.load_state_dict(resume["optimizer_state_dict"])
+        plateau.load_state_dict(resume["scheduler_state_dict"])
+        first_epoch, best_f1, step = resume["epoch"] + 1, resume["best_f1"], resume["global_step"]
+        set_rng_state(resume["rng_states"][dist.rank], setup)
 
-    for epoch in range(1, tcfg.epochs + 1):
+    for epoch in range(first_epoch, tcfg.epochs + 1):
         start = time.perf_counter()
-        if train_sampler is not None:
+        if dist.active:
             train_sampler.set_epoch(epoch)  # a new shuffle every epoch, the same on every rank
+        else:
+            shuffle_generator.manual_seed(cfg.seed + epoch)
         if setup.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(setup.device)
             for i in setup.device_ids if hw.strategy is Strategy.dp else []:
@@ -235,36 +277,44 @@ def train_process(
             plateau.step(val["macro_f1"])  # the same reduced value on every rank
         improved = val["macro_f1"] > best_f1
         best_f1 = max(best_f1, val["macro_f1"])
-        if dist.is_main:
-            metrics = {
-                "train/loss": loss_sum / seen,
-                "train/acc": correct / seen,
-                **{f"val/{k}": v for k, v in val.items()},
-                "lr": optimizer.param_groups[0]["lr"],
-                "perf/samples_per_sec": samples_per_sec,
-                "perf/epoch_time_s": epoch_time,
-                **peak_memory(setup, hw.strategy),
-            }
+        rng_states = dist.all_gather(get_rng_state(setup))  # every rank's, for an exact resume
+        if not dist.is_main:
+            continue
+        metrics = {
+            "train/loss": loss_sum / seen,
+            "train/acc": correct / seen,
+            **{f"val/{k}": v for k, v in val.items()},
+            "lr": optimizer.param_groups[0]["lr"],
+            "perf/samples_per_sec": samples_per_sec,
+            "perf/epoch_time_s": epoch_time,
+            **peak_memory(setup, hw.strategy),
+        }
+        payload = {
+            "model_state_dict": unwrap(model).state_dict(),
+            "optimizer_state_dict": optimizer.state_dict(),
+            "scheduler_state_dict": plateau.state_dict(),
+            "epoch": epoch,
+            "best_f1": best_f1,
+            "global_step": step,
+            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+            "rng_states": rng_states,
+            "mlflow_run_id": run_id,
+            "mlflow_tracking_uri": tracking_uri(cfg),
+        }
+        # A kill lands before or after this block, never between an epoch's metrics and its
+        # checkpoint: a resumed run neither repeats nor skips a logged epoch.
+        with signals_deferred():
             if run:
                 run.log_metrics(metrics, step=epoch)
+            if improved:
+                save_checkpoint(ckpt_dir / "best.pth", payload)
+            save_checkpoint(ckpt_dir / "last.pth", payload)
             log.info(
                 "epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f macro-F1 %.3f | "
                 "lr %.2g | %.1f samples/s | %.1f s",
                 epoch, tcfg.epochs, metrics["train/loss"], metrics["train/acc"], val["loss"],
                 val["acc"], val["macro_f1"], metrics["lr"], samples_per_sec, epoch_time,
             )
-            payload = {
-                "model_state_dict": unwrap(model).state_dict(),
-                "optimizer_state_dict": optimizer.state_dict(),
-                "scheduler_state_dict": plateau.state_dict(),
-                "epoch": epoch,
-                "best_f1": best_f1,
-                "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-                "mlflow_run_id": run_id,
-            }
-            if improved:
-                save_checkpoint(ckpt_dir / "best.pth", payload)
-            save_checkpoint(ckpt_dir / "last.pth", payload)
 
     dist.barrier()  # best.pth is written before any rank reads it
     load_model_weights(model, ckpt_dir / "best.pth")
@@ -298,12 +348,10 @@ def evaluate(model, loader, setup: DeviceSetup, events: list[str], max_batches: 
     return {"loss": loss_sum / max(seen, 1), **classification_metrics(cm, events)}, cm
 
 
-def make_loader(dataset, batch_size, num_workers, setup: DeviceSetup, seed: int, sampler=None,
-                shuffle: bool = False):
+def make_loader(dataset, batch_size, num_workers, setup: DeviceSetup, seed: int, sampler=None):
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
         sampler=sampler,
         num_workers=num_workers,
         pin_memory=setup.device.type == "cuda",
@@ -333,6 +381,19 @@ def peak_memory(setup: DeviceSetup, strategy: Strategy) -> dict[str, float]:
 def synchronize(setup: DeviceSetup) -> None:
     if setup.device.type == "cuda":
         torch.cuda.synchronize(setup.device)
+
+
+def get_rng_state(setup: DeviceSetup) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if setup.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(setup.device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], setup: DeviceSetup) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], setup.device)
 
 
 def seed_everything(seed: int) -> None:

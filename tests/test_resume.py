@@ -1,0 +1,77 @@
+"""Killed with SIGTERM mid-run and resumed: the same MLflow run, the same numbers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import torch
+from mlflow.tracking import MlflowClient
+
+from .conftest import run_cli
+
+METRICS = ["train/loss", "train/acc", "val/loss", "val/macro_f1", "lr"]
+
+
+def _args(tmp_path, store, run_dir):
+    return [
+        "debug=smoke", "hardware=cpu", "training.epochs=3", "training.max_batches=null",
+        "training.batch_size=2", "data.image_size=48",
+        f"data.root={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'cache'}",
+        f"tracking.uri=sqlite:///{tmp_path / store}", f"hydra.run.dir={tmp_path / run_dir}",
+    ]
+
+
+def _only_run(tmp_path, store):
+    client = MlflowClient(f"sqlite:///{tmp_path / store}")
+    [run] = client.search_runs([client.get_experiment_by_name("tennis_4event").experiment_id])
+    history = {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)]
+               for k in [*METRICS, "test/macro_f1", "test/loss"]}
+    return run, history
+
+
+def test_sigterm_then_resume_matches_a_straight_run(tmp_path):
+    straight = run_cli(_args(tmp_path, "a.db", "straight"), cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tennis_exp", *_args(tmp_path, "b.db", "interrupted")],
+        cwd=tmp_path, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )
+    for line in proc.stdout:
+        if "epoch 1/3" in line:
+            proc.send_signal(signal.SIGTERM)  # a real kill, somewhere in epoch 2
+            break
+    output = proc.stdout.read()
+    assert proc.wait(timeout=120) != 0
+    assert "Interrupted" in output
+    killed, _ = _only_run(tmp_path, "b.db")
+    assert killed.info.status == "KILLED"
+    last = torch.load(tmp_path / "interrupted" / "checkpoints" / "last.pth", weights_only=True)
+    assert last["epoch"] < 3  # the kill came before the end: there is something to resume
+
+    resumed = run_cli([f"resume={tmp_path / 'interrupted'}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming {tmp_path / 'interrupted'} after epoch {last['epoch']}" in resumed.stdout
+
+    run, history = _only_run(tmp_path, "b.db")
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert "error" not in run.data.tags
+    _, expected = _only_run(tmp_path, "a.db")
+    assert [step for step, _ in history["val/macro_f1"]] == [1, 2, 3]  # no epoch twice
+    assert history == expected  # bit for bit, on the CPU with a fixed seed
+
+
+def test_resume_refuses_a_checkpoint_without_training_state(tmp_path):
+    torch.save({"model_state_dict": {}}, tmp_path / "weights.pth")
+    out = run_cli([f"resume={tmp_path / 'weights.pth'}"], cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        f"Error: resume={tmp_path / 'weights.pth'}: {tmp_path / 'weights.pth'} cannot be resumed "
+        "(it lacks optimizer_state_dict, scheduler_state_dict, epoch, best_f1, global_step, "
+        "config, rng_states, mlflow_run_id, mlflow_tracking_uri); start from its weights with "
+        "model.init_from instead"]
