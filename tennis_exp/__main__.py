@@ -48,6 +48,12 @@ def run(cfg: DictConfig) -> float:
         if multirun:  # the sweep goes on with its next job
             log.error("job %s (%s) failed: %s", hc.job.num, " ".join(hc.overrides.task),
                       _failures[-1])
+            from tennis_exp.tracking import record_failed_job
+
+            try:
+                record_failed_job(cfg, Path(hc.runtime.output_dir), hc.sweep.dir, _failures[-1])
+            except Exception as tracking_err:  # the job's own error is the one to report
+                log.warning("could not record the failed job in MLflow: %s", tracking_err)
         return float("nan")
 
 

@@ -138,6 +138,8 @@ class TrackingConfig:
     # null: $MLFLOW_TRACKING_URI if set, else a SQLite store in the launch directory.
     uri: str | None = None
     log_checkpoint: bool = True
+    # CPU, memory, per-GPU utilisation and memory as `system/` metrics; null: on for GPU runs.
+    system_metrics: bool | None = None
 
 
 @dataclass

@@ -25,10 +25,16 @@ _MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 _PARAMS_PER_CALL = 100  # MLflow's limit on params in one log_batch
 
 
+SWEEP_ROLE_TAG = "tennis_exp.role"  # "sweep" on a multirun's parent run
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else a SQLite store in the launch directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(DEFAULT_STORE).resolve()}"
+
+
 def tracking_uri(cfg: DictConfig) -> str:
-    """`tracking.uri`, else $MLFLOW_TRACKING_URI, else a SQLite store in the launch directory."""
-    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path(DEFAULT_STORE).resolve()}"
+    return cfg.tracking.uri or default_tracking_uri()
 
 
 def ensure_experiment(uri: str, name: str) -> str:
@@ -53,14 +59,86 @@ def ensure_experiment(uri: str, name: str) -> str:
         ) from None
 
 
-class PrepareStore(Callback):
-    """Create the store and experiment once, before a sweep's jobs start.
+def sweep_parent(client, experiment_id: str, sweep_dir: str) -> str | None:
+    """The id of the parent run of the sweep writing into `sweep_dir`, if there is one."""
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.{SWEEP_ROLE_TAG} = 'sweep' and tags.sweep_dir = '{Path(sweep_dir).resolve()}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
 
-    The SQLite schema migration takes seconds and races when jobs start it concurrently.
+
+def record_failed_job(cfg: DictConfig, output_dir: Path, sweep_dir: str, message: str) -> None:
+    """A sweep job that failed before its run started still gets a FAILED run, so the sweep's
+    table and the UI show it instead of silently having one job fewer."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(cfg)
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(uri, cfg.experiment_name)
+    if client.search_runs([experiment_id], f"tags.output_dir = '{output_dir.resolve()}'"):
+        return  # the job's own run exists and is already marked FAILED
+    tags = {"hardware": cfg.hardware.name, "strategy": cfg.hardware.strategy.value,
+            "sweep_dir": str(Path(sweep_dir).resolve()), "output_dir": str(output_dir.resolve()),
+            "error": message[:5000]}
+    parent = sweep_parent(client, experiment_id, sweep_dir)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    name = f"{cfg.hardware.name}-{cfg.hardware.strategy.value}-failed"
+    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    client.log_batch(run_id, params=[Param("scaling.devices", str(cfg.hardware.devices)),
+                                     Param("hardware.strategy", cfg.hardware.strategy.value)])
+    client.set_terminated(run_id, "FAILED")
+
+
+def child_runs(client, parent) -> list:
+    return client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        max_results=5000,
+    )
+
+
+class SweepTracking(Callback):
+    """A multirun is one parent MLflow run with a nested run per job, and ends with the
+    comparison table (terminal, markdown, CSV, plots) logged to the parent.
+
+    The store and experiment are also created here, once, before the jobs start: the SQLite
+    schema migration takes seconds and races when jobs start it concurrently.
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        ensure_experiment(tracking_uri(config), config.experiment_name)
+        from mlflow.tracking import MlflowClient
+
+        uri = tracking_uri(config)
+        experiment_id = ensure_experiment(uri, config.experiment_name)
+        sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
+        MlflowClient(uri).create_run(
+            experiment_id,
+            run_name=f"sweep {Path(sweep_dir).parent.name}/{Path(sweep_dir).name}",
+            tags={SWEEP_ROLE_TAG: "sweep", "sweep_dir": sweep_dir},
+        )
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from tennis_exp.compare import report, to_text
+
+        uri = tracking_uri(config)
+        client = MlflowClient(uri)
+        experiment_id = client.get_experiment_by_name(config.experiment_name).experiment_id
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        parent_id = sweep_parent(client, experiment_id, str(sweep_dir))
+        if parent_id is None:
+            return
+        children = child_runs(client, client.get_run(parent_id))
+        rows, paths = report(client, children, sweep_dir / "comparison")
+        for path in paths:
+            client.log_artifact(parent_id, str(path))
+        log.info("Sweep of %d job(s):\n%s", len(rows), to_text(rows))
+        failed = any(r.status != "FINISHED" for r in rows)
+        client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -138,11 +216,18 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 @contextmanager
 def mlflow_run(
-    uri: str, experiment: str, run_name: str, tags: dict[str, str], resume_id: str | None = None
+    uri: str,
+    experiment: str,
+    run_name: str,
+    tags: dict[str, str],
+    resume_id: str | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[Run]:
     """A run that ends FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED (with the error as a tag).
 
-    With `resume_id` the interrupted run is reopened and continues where it stopped.
+    With `resume_id` the interrupted run is reopened and continues where it stopped. A job of a
+    sweep (a `sweep_dir` tag) is nested under the sweep's parent run. `system_metrics` logs
+    CPU, memory and per-GPU utilisation and memory (MLflow's `system/` metrics).
     """
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -163,12 +248,22 @@ def mlflow_run(
         commit = git_commit()
         if commit:
             tags = {**tags, "mlflow.source.git.commit": commit}
+        parent = tags.get("sweep_dir") and sweep_parent(client, experiment_id, tags["sweep_dir"])
+        if parent:
+            tags = {**tags, "mlflow.parentRunId": parent}
         info = client.create_run(experiment_id, run_name=run_name, tags=tags).info
     run = Run(client, info.run_id)
     log.info("MLflow run %s (%s) in experiment '%s' at %s%s", info.run_name, info.run_id,
              experiment, uri, ", resumed" if resume_id else "")
     # `kill` (SIGTERM, as `nohup` jobs are stopped) would otherwise end Python without cleanup.
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    monitor = None
+    if system_metrics:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(info.run_id, sampling_interval=5, tracking_uri=uri,
+                                       resume_logging=bool(resume_id))
+        monitor.start()
     try:
         yield run
     except BaseException as err:
@@ -182,4 +277,6 @@ def mlflow_run(
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if monitor is not None:
+            monitor.finish()
     client.set_terminated(info.run_id, "FINISHED")

@@ -116,10 +116,15 @@ def train(
         uri = tracking_uri(cfg)
         ensure_experiment(uri, cfg.experiment_name)  # an unusable store fails here, before work
         output_dir.mkdir(parents=True, exist_ok=True)
-        tags = {"hardware": hw.name, "strategy": hw.strategy.value}
+        tags = {"hardware": hw.name, "strategy": hw.strategy.value,
+                "output_dir": str(output_dir.resolve())}
         if sweep_dir:
-            tags["sweep_dir"] = sweep_dir
-        with mlflow_run(uri, cfg.experiment_name, run_name(cfg, plan), tags, resume_id) as run:
+            tags["sweep_dir"] = str(Path(sweep_dir).resolve())
+        system_metrics = cfg.tracking.system_metrics
+        if system_metrics is None:
+            system_metrics = setup.device.type == "cuda"
+        with mlflow_run(uri, cfg.experiment_name, run_name(cfg, plan), tags, resume_id,
+                        system_metrics) as run:
             if not resume_id:
                 log_run_inputs(run, cfg, plan, output_dir, overrides)
             if hw.strategy is Strategy.ddp and not dist.active:

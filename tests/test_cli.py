@@ -82,17 +82,35 @@ def test_smoke_run_is_tracked_in_mlflow(tmp_path):
     load_model_weights(model, ckpt)
 
 
+def _sweep(tmp_path):
+    """(parent run, its child runs) of the only sweep in the store."""
+    client, runs = _runs(tmp_path)
+    [parent] = [r for r in runs if r.data.tags.get("tennis_exp.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs) - 1  # every job is nested under the sweep
+    return client, parent, children
+
+
 def test_multirun_of_two_cpu_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     out = run_cli(["--multirun", "hardware=cpu,gpu1", *_smoke_args(tmp_path),
                    f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0-cpu", "1-gpu1"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0-cpu", "1-gpu1",
+                                                                      "comparison"]
     assert (sweep / "0-cpu" / "checkpoints" / "best.pth").is_file()
-    _, runs = _runs(tmp_path)
+    client, parent, runs = _sweep(tmp_path)
     assert sorted(r.data.tags["hardware"] for r in runs) == ["cpu", "gpu1"]
-    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.info.status for r in runs} == {"FINISHED"} == {parent.info.status}
     assert {r.data.tags["sweep_dir"] for r in runs} == {str(sweep)}
+
+    # The comparison table: printed, and logged to the parent run with its plots.
+    assert "speed-up" in out.stdout and "1.00x" in out.stdout
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert artifacts == {"comparison.md", "comparison.csv", "speedup.png", "val_macro_f1.png"}
+    table = (sweep / "comparison" / "comparison.csv").read_text().splitlines()
+    assert table[0].startswith("run,status,devices,strategy,per_device_batch,effective_batch")
+    assert len(table) == 3
 
 
 def test_sweep_goes_on_past_a_failed_job(tmp_path):
@@ -102,8 +120,14 @@ def test_sweep_goes_on_past_a_failed_job(tmp_path):
     assert out.returncode == 1
     assert "job 0 (hardware=gpu2" in out.stdout + out.stderr
     assert "Traceback" not in out.stderr
-    _, runs = _runs(tmp_path)
-    assert [(r.data.tags["hardware"], r.info.status) for r in runs] == [("cpu", "FINISHED")]
+    _, parent, runs = _sweep(tmp_path)
+    assert sorted((r.data.tags["hardware"], r.info.status) for r in runs) == [
+        ("cpu", "FINISHED"), ("gpu2", "FAILED")]
+    failed = next(r for r in runs if r.info.status == "FAILED")
+    assert "needs 2 CUDA device(s)" in failed.data.tags["error"]
+    assert parent.info.status == "FAILED"
+    csv = (tmp_path / "sweep" / "comparison" / "comparison.csv").read_text()
+    assert "gpu2-dp-failed,FAILED,2,dp" in csv  # a failed row, not a dropped one
     assert out.stderr.strip().splitlines()[-1].startswith("Error: hardware=gpu2 needs 2 CUDA")
 
 
