@@ -7,7 +7,7 @@ PORT   ?= 5000
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep ui test test-all lint clean
+.PHONY: help install train sweep ui compare test test-all lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -31,6 +31,9 @@ ui: $(STAMP) ## MLflow UI on the project's store, on 127.0.0.1 (PORT=5000)
 	@echo "MLflow UI: http://127.0.0.1:$(PORT)  (Ctrl-C stops it)"
 	$(PY) -m mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 		--host 127.0.0.1 --port $(PORT) --workers 1
+
+compare: $(STAMP) ## The speed table of the newest sweep (ARGS="--sweep-dir DIR" or "--all")
+	$(PY) -m tennis_exp.compare $(ARGS)
 
 test: $(STAMP) ## The fast test suite (what CI runs)
 	$(PY) -m pytest -m "not slow"

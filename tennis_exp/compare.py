@@ -100,16 +100,16 @@ def rows_for(client, runs) -> list[Row]:
     return rows
 
 
+_FORMATS = {"learning_rate": "{:.3g}", "samples_per_sec": "{:.1f}", "speedup": "{:.2f}x",
+            "efficiency": "{:.2f}", "epoch_time_s": "{:.1f}", "peak_mem_gpu0_mb": "{:.0f}",
+            "peak_mem_others_mb": "{:.0f}", "best_val_macro_f1": "{:.3f}",
+            "test_macro_f1": "{:.3f}"}
+
+
 def _cell(key: str, value: Any) -> str:
     if value is None:
         return "-"
-    if key == "learning_rate":
-        return f"{value:.3g}"
-    if key in ("speedup",):
-        return f"{value:.2f}x"
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
-    return str(value)
+    return _FORMATS.get(key, "{}").format(value)
 
 
 def to_markdown(rows: list[Row]) -> str:
