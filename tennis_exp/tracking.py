@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,6 +42,12 @@ def ensure_experiment(uri: str, name: str) -> str:
     """Create the store (a schema migration on first use) and the experiment; return its id."""
     from mlflow.tracking import MlflowClient
 
+    if uri.startswith(("http://", "https://")):
+        # MLflow's client retries an unreachable server for minutes; a quick probe says it now.
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10)
+        except OSError as err:
+            raise UserError(f"MLflow tracking server {uri} is unreachable ({err})") from None
     client = MlflowClient(uri)
     try:
         experiment = client.get_experiment_by_name(name)

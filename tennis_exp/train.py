@@ -101,6 +101,9 @@ def train(
             log.info("Dry run: nothing trained")
             return float("nan")
 
+        uri = tracking_uri(cfg)
+        if dist.is_main:
+            ensure_experiment(uri, cfg.experiment_name)  # a bad store fails before any work
         # Rank 0 generates data and builds caches; the other ranks then find them ready.
         if not dist.is_main:
             dist.barrier()
@@ -113,8 +116,6 @@ def train(
         if not dist.is_main:
             return train_process(cfg, output_dir, None, dist, datasets)
 
-        uri = tracking_uri(cfg)
-        ensure_experiment(uri, cfg.experiment_name)  # an unusable store fails here, before work
         output_dir.mkdir(parents=True, exist_ok=True)
         tags = {"hardware": hw.name, "strategy": hw.strategy.value,
                 "output_dir": str(output_dir.resolve())}
@@ -246,20 +247,30 @@ def train_process(
                     group["lr"] = plan.learning_rate * ramp
             frames = frames.to(setup.device, non_blocking=True)
             labels = labels.to(setup.device, non_blocking=True)
-            logits = model(frames)
-            loss = F.cross_entropy(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            try:
+                logits = model(frames)
+                loss = F.cross_entropy(logits, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            except torch.cuda.OutOfMemoryError:
+                raise UserError(
+                    f"CUDA out of memory with {plan.per_device_batch_size} windows per device "
+                    f"(training.batch_size={tcfg.batch_size}, hardware.batch_scaling="
+                    f"{hw.batch_scaling.value}): lower training.batch_size, or keep the "
+                    "effective batch with hardware.batch_scaling=constant"
+                ) from None
             if tcfg.grad_clip:
                 nn.utils.clip_grad_norm_(trainable, tcfg.grad_clip)
             optimizer.step()
             step += 1
             loss_value = loss.item()
             if not np.isfinite(loss_value):
+                last = ckpt_dir / "last.pth"
                 raise UserError(
                     f"training loss became {loss_value} at epoch {epoch} step {i + 1}; "
                     f"lower training.learning_rate (the run used {plan.learning_rate:g}); "
-                    f"the last good checkpoint is in {ckpt_dir}"
+                    + (f"the last good checkpoint is {last}" if last.exists()
+                       else "no epoch had finished, so there is no checkpoint")
                 )
             loss_sum += loss_value * len(labels)
             correct += (logits.argmax(1) == labels).sum().item()

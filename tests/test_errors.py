@@ -1,0 +1,67 @@
+"""Failures mid-run: one clear line, the run marked, nothing lost."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from tennis_exp import train as train_module
+from tennis_exp.distributed import Dist
+from tennis_exp.errors import UserError
+
+from .conftest import run_cli
+
+
+def _smoke(tmp_path, *extra):
+    return ["debug=smoke", "hardware=cpu", f"data.root={tmp_path / 'data'}",
+            f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", *extra]
+
+
+def test_unreachable_tracking_server_fails_before_any_work(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = run_cli(_smoke(tmp_path), cwd=tmp_path,
+                  env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
+    assert out.returncode == 1
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith(f"Error: MLflow tracking server http://127.0.0.1:{port} is unreachable")
+    assert not (tmp_path / "data").exists()  # no data generated, no training started
+
+
+def test_diverging_loss_stops_with_epoch_and_step(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = run_cli(_smoke(tmp_path, "training.learning_rate=1e30", "training.grad_clip=null",
+                         "training.epochs=3", f"tracking.uri={uri}"), cwd=tmp_path)
+    assert out.returncode == 1
+    # (MLflow may log the creation of its new store above it.)
+    line = out.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in out.stderr
+    assert line.startswith("Error: training loss became nan at epoch 1 step ")
+    assert "no epoch had finished, so there is no checkpoint" in line
+    assert "lower training.learning_rate" in line
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("tennis_4event").experiment_id])
+    assert run.info.status == "FAILED" and "training loss became nan" in run.data.tags["error"]
+
+
+class _OutOfMemory(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, frames):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_out_of_memory_names_the_batch_and_the_fix(smoke_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "build_model", lambda *a, **k: _OutOfMemory())
+    with pytest.raises(UserError) as err:
+        train_module.train_process(smoke_cfg, tmp_path / "run", None, Dist())
+    message = str(err.value)
+    assert "CUDA out of memory with 8 windows per device (training.batch_size=8" in message
+    assert "lower training.batch_size" in message
+    assert "hardware.batch_scaling=constant" in message
