@@ -97,3 +97,15 @@ def test_multirun_single_process_then_ddp(tmp_path):
     assert sorted((r.data.tags["hardware"], r.info.status) for r in jobs) == [
         ("cpu", "FINISHED"), ("cpu_ddp2", "FINISHED")]
     assert (sweep / "1-cpu_ddp2" / "checkpoints" / "best.pth").is_file()
+
+
+def test_submitit_local_launcher_runs_a_job(tmp_path):
+    # The SLURM launcher's local mode: the job runs in a process submitit starts and watches.
+    sweep = tmp_path / "sweep"
+    out = run_cli(["--multirun", "hydra/launcher=submitit_local", "hardware=cpu",
+                   *_args(tmp_path), f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Submitit 'local' sweep output dir" in out.stdout + out.stderr
+    [job] = [r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
+    assert job.info.status == "FINISHED" and job.data.tags["hardware"] == "cpu"
+    assert list((sweep / ".submitit").iterdir())  # submitit's own job records
