@@ -100,7 +100,7 @@ def test_select_devices_by_id_when_enough_are_visible():
     setup = select_devices(_hw("gpu4"), visible_cuda=8)
     assert setup.device == torch.device("cuda", 0)
     assert setup.device_ids == [0, 1, 2, 3]
-    assert setup.wraps
+    assert setup.for_rank(2).device == torch.device("cuda", 2)  # a DDP rank's own GPU
 
 
 def test_too_many_devices_names_counts_and_env(monkeypatch):
@@ -114,7 +114,7 @@ def test_too_many_devices_names_counts_and_env(monkeypatch):
 
 def test_gpu1_falls_back_to_cpu_with_a_warning(caplog):
     setup = select_devices(_hw("gpu1"), visible_cuda=0)
-    assert setup.device.type == "cpu" and setup.device_ids == [] and not setup.wraps
+    assert setup.device.type == "cpu" and setup.device_ids == []
     assert "falling back to the CPU" in caplog.text
 
 
@@ -137,25 +137,45 @@ def test_cpu_dataparallel_over_several_devices_is_refused():
         select_devices(_hw("cpu", devices=2), visible_cuda=0)
 
 
-class _RecordingDP(nn.Module):
-    """Stands in for nn.DataParallel, which needs real GPUs to wrap."""
+class _Recording(nn.Module):
+    """Stands in for DataParallel and DDP, which need GPUs or a process group to wrap."""
 
-    def __init__(self, module, device_ids, output_device):
+    def __init__(self, module, device_ids=None, output_device=None):
         super().__init__()
         self.module, self.device_ids, self.output_device = module, device_ids, output_device
 
 
-@pytest.mark.parametrize(("ids", "strategy", "wrapped"),
-                         [([], Strategy.dp, False), ([0], Strategy.dp, False),
-                          ([0, 1], Strategy.dp, True), ([0, 1, 2, 3], Strategy.dp, True),
-                          ([0, 1], Strategy.ddp, False)])
-def test_wrap_decision(monkeypatch, ids, strategy, wrapped):
+class _RecordingDP(_Recording):
+    pass
+
+
+class _RecordingDDP(_Recording):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("ids", "strategy", "distributed", "wrapper"),
+    [
+        ([], Strategy.dp, False, None),  # the CPU
+        ([0], Strategy.dp, False, None),  # one GPU: nothing to split
+        ([0, 1], Strategy.dp, False, _RecordingDP),
+        ([0, 1, 2, 3], Strategy.dp, False, _RecordingDP),
+        ([0, 1], Strategy.ddp, True, _RecordingDDP),  # one rank of a DDP job
+        ([], Strategy.ddp, True, _RecordingDDP),  # a gloo rank on the CPU
+        ([0, 1], Strategy.ddp, False, None),  # the launching process trains nothing itself
+    ],
+)
+def test_wrap_decision(monkeypatch, ids, strategy, distributed, wrapper):
     monkeypatch.setattr(nn, "DataParallel", _RecordingDP)
+    monkeypatch.setattr(nn.parallel, "DistributedDataParallel", _RecordingDDP)
     setup = DeviceSetup(torch.device("cpu"), ids, strategy)  # .to() the CPU: no GPU needed
     model = nn.Linear(2, 2)
-    out = wrap_model(model, setup)
-    assert isinstance(out, _RecordingDP) is wrapped
-    if wrapped:
-        assert out.module is model and out.device_ids == ids and out.output_device == ids[0]
-    else:
+    out = wrap_model(model, setup, distributed)
+    if wrapper is None:
         assert out is model
+        return
+    assert type(out) is wrapper and out.module is model
+    if wrapper is _RecordingDP:
+        assert out.device_ids == ids and out.output_device == ids[0]
+    else:
+        assert out.device_ids is None  # on the CPU DDP takes no device ids
