@@ -46,8 +46,9 @@ def run(cfg: DictConfig) -> float:
             raise
         _failures.append(one_line(err))
         if multirun:  # the sweep goes on with its next job
-            log.error("job %s (%s) failed: %s", hc.job.num, " ".join(hc.overrides.task),
-                      _failures[-1])
+            log.error(
+                "job %s (%s) failed: %s", hc.job.num, " ".join(hc.overrides.task), _failures[-1]
+            )
             from tennis_exp.tracking import record_failed_job
 
             try:

@@ -122,9 +122,18 @@ def _first_line(err: BaseException) -> str:
 
 
 # What `resume` needs beyond the weights; `last.pth` holds all of it.
-RESUME_KEYS = ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "epoch",
-               "best_f1", "global_step", "config", "rng_states", "mlflow_run_id",
-               "mlflow_tracking_uri")
+RESUME_KEYS = (
+    "model_state_dict",
+    "optimizer_state_dict",
+    "scheduler_state_dict",
+    "epoch",
+    "best_f1",
+    "global_step",
+    "config",
+    "rng_states",
+    "mlflow_run_id",
+    "mlflow_tracking_uri",
+)
 
 
 def resume_checkpoint(target: str) -> tuple[Path, dict[str, Any]]:

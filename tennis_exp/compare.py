@@ -67,8 +67,9 @@ def _int(value: str | None) -> int | None:
 def rows_for(client, runs) -> list[Row]:
     """One row per run (failed ones included), with speed-ups against the smallest job."""
     rows = []
-    for run in sorted(runs, key=lambda r: (_int(r.data.params.get("scaling.devices")) or 0,
-                                           r.info.start_time)):
+    for run in sorted(
+        runs, key=lambda r: (_int(r.data.params.get("scaling.devices")) or 0, r.info.start_time)
+    ):
         params, metrics, run_id = run.data.params, run.data.metrics, run.info.run_id
         val_f1 = [m.value for m in client.get_metric_history(run_id, "val/macro_f1")]
         gpus = sorted(k for k in metrics if k.startswith("perf/peak_mem_mb/gpu"))
@@ -100,10 +101,17 @@ def rows_for(client, runs) -> list[Row]:
     return rows
 
 
-_FORMATS = {"learning_rate": "{:.3g}", "samples_per_sec": "{:.1f}", "speedup": "{:.2f}x",
-            "efficiency": "{:.2f}", "epoch_time_s": "{:.1f}", "peak_mem_gpu0_mb": "{:.0f}",
-            "peak_mem_others_mb": "{:.0f}", "best_val_macro_f1": "{:.3f}",
-            "test_macro_f1": "{:.3f}"}
+_FORMATS = {
+    "learning_rate": "{:.3g}",
+    "samples_per_sec": "{:.1f}",
+    "speedup": "{:.2f}x",
+    "efficiency": "{:.2f}",
+    "epoch_time_s": "{:.1f}",
+    "peak_mem_gpu0_mb": "{:.0f}",
+    "peak_mem_others_mb": "{:.0f}",
+    "best_val_macro_f1": "{:.3f}",
+    "test_macro_f1": "{:.3f}",
+}
 
 
 def _cell(key: str, value: Any) -> str:
@@ -150,10 +158,18 @@ def plot(client, runs, rows: list[Row], out_dir: Path) -> list[Path]:
         ax.plot(devices, [d / base for d in devices], "--", color="grey", label="linear (ideal)")
         ax.plot(devices, [r.speedup for r in measured], "o-", label="measured")
         for r in measured:
-            ax.annotate(f"{r.strategy} {r.speedup:.2f}x", (r.devices, r.speedup),
-                        textcoords="offset points", xytext=(4, -12), fontsize=8)
-        ax.set(xlabel="devices", ylabel=f"speed-up over {base} device(s)",
-               title="throughput scaling (samples/s)")
+            ax.annotate(
+                f"{r.strategy} {r.speedup:.2f}x",
+                (r.devices, r.speedup),
+                textcoords="offset points",
+                xytext=(4, -12),
+                fontsize=8,
+            )
+        ax.set(
+            xlabel="devices",
+            ylabel=f"speed-up over {base} device(s)",
+            title="throughput scaling (samples/s)",
+        )
         ax.legend()
         fig.tight_layout()
         paths.append(out_dir / "speedup.png")
@@ -163,8 +179,12 @@ def plot(client, runs, rows: list[Row], out_dir: Path) -> list[Path]:
     for run in runs:
         history = client.get_metric_history(run.info.run_id, "val/macro_f1")
         if history:
-            ax.plot([m.step for m in history], [m.value for m in history], marker=".",
-                    label=run.info.run_name)
+            ax.plot(
+                [m.step for m in history],
+                [m.value for m in history],
+                marker=".",
+                label=run.info.run_name,
+            )
     ax.set(xlabel="epoch", ylabel="val macro-F1", title="validation macro-F1 per job")
     if ax.lines:
         ax.legend(fontsize=8)
@@ -181,8 +201,11 @@ def report(client, runs, out_dir: Path) -> tuple[list[Row], list[Path]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.md").write_text(to_markdown(rows))
     (out_dir / "comparison.csv").write_text(to_csv(rows))
-    return rows, [out_dir / "comparison.md", out_dir / "comparison.csv",
-                  *plot(client, runs, rows, out_dir)]
+    return rows, [
+        out_dir / "comparison.md",
+        out_dir / "comparison.csv",
+        *plot(client, runs, rows, out_dir),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,13 +213,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from tennis_exp.tracking import SWEEP_ROLE_TAG, child_runs, default_tracking_uri
 
-    parser = argparse.ArgumentParser(prog="python -m tennis_exp.compare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tennis_exp.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--experiment", default="tennis_4event")
     parser.add_argument("--sweep-dir", help="a sweep's directory (its hydra.sweep.dir)")
     parser.add_argument("--all", action="store_true", help="every run of the experiment")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
+    parser.add_argument(
+        "--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db"
+    )
     parser.add_argument("--out", type=Path, default=Path("comparison"))
     args = parser.parse_args(argv)
 
@@ -207,18 +234,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     exp_id = experiment.experiment_id
     if args.all:
-        runs = [r for r in client.search_runs([exp_id], max_results=5000)
-                if SWEEP_ROLE_TAG not in r.data.tags]
+        runs = [
+            r
+            for r in client.search_runs([exp_id], max_results=5000)
+            if SWEEP_ROLE_TAG not in r.data.tags
+        ]
     else:
         filter_ = f"tags.{SWEEP_ROLE_TAG} = 'sweep'"
         if args.sweep_dir:
             filter_ += f" and tags.sweep_dir = '{Path(args.sweep_dir).resolve()}'"
-        parents = client.search_runs([exp_id], filter_, order_by=["start_time DESC"],
-                                     max_results=1)
+        parents = client.search_runs([exp_id], filter_, order_by=["start_time DESC"], max_results=1)
         if not parents:
-            print(f"Error: no sweep found in experiment {args.experiment!r}"
-                  + (f" with sweep_dir {args.sweep_dir}" if args.sweep_dir else "")
-                  + "; pass --all to compare every run", file=sys.stderr)
+            print(
+                f"Error: no sweep found in experiment {args.experiment!r}"
+                + (f" with sweep_dir {args.sweep_dir}" if args.sweep_dir else "")
+                + "; pass --all to compare every run",
+                file=sys.stderr,
+            )
             return 1
         runs = child_runs(client, parents[0])
     rows, paths = report(client, runs, args.out)

@@ -189,6 +189,7 @@ _FRACTIONS: list[str] = ["model.dropout", "training.lr_factor"]
 
 def validate(cfg: DictConfig) -> None:
     """Raise UserError naming the first key whose value is missing or out of range."""
+
     def get(key: str) -> Any:
         return OmegaConf.select(cfg, key)
 
@@ -208,5 +209,6 @@ def validate(cfg: DictConfig) -> None:
     unknown = sorted(set(cfg.data.actions.values()) - set(cfg.data.events))
     if unknown:
         raise UserError(
-            f"data.actions maps to unknown event(s) {unknown}; valid events: {list(cfg.data.events)}"
+            f"data.actions maps to unknown event(s) {unknown}; "
+            f"valid events: {list(cfg.data.events)}"
         )

@@ -83,7 +83,9 @@ def launched_by_torchrun() -> bool:
 
 
 def backend(cfg: DictConfig) -> str:
-    return "nccl" if cfg.hardware.accelerator.value == "cuda" and torch.cuda.is_available() else "gloo"
+    return (
+        "nccl" if cfg.hardware.accelerator.value == "cuda" and torch.cuda.is_available() else "gloo"
+    )
 
 
 def init_process_group(cfg: DictConfig) -> Dist:
@@ -138,8 +140,11 @@ def launch(cfg: DictConfig, output_dir: Path, run_id: str, nprocs: int) -> float
         message = failure.message
         if isinstance(message, dict):
             message = message.get("message", "")
-        message = str(message).strip().splitlines()[0] if str(message).strip() else (
-            f"exit code {failure.exitcode}")
+        message = (
+            str(message).strip().splitlines()[0]
+            if str(message).strip()
+            else (f"exit code {failure.exitcode}")
+        )
         raise DistributedFailure(
             f"rank {rank} of {nprocs} failed: {message} (its log is under {log_dir})"
         ) from None
@@ -171,7 +176,9 @@ def worker(container: dict, output_dir: str, run_id: str) -> float:
 def setup_rank_logging(dist: Dist, output_dir: Path) -> None:
     """Rank 0 logs as the job does; the other ranks only warnings and errors."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter(f"[%(asctime)s][rank {dist.rank}][%(levelname)s] %(message)s"))
+    handler.setFormatter(
+        logging.Formatter(f"[%(asctime)s][rank {dist.rank}][%(levelname)s] %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO if dist.is_main else logging.WARNING)

@@ -131,7 +131,9 @@ def wrap_model(model: nn.Module, setup: DeviceSetup, distributed: bool) -> nn.Mo
         ids = [setup.device.index] if setup.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if setup.strategy is Strategy.dp and len(setup.device_ids) > 1:
-        return nn.DataParallel(model, device_ids=setup.device_ids, output_device=setup.device_ids[0])
+        return nn.DataParallel(
+            model, device_ids=setup.device_ids, output_device=setup.device_ids[0]
+        )
     return model
 
 

@@ -58,8 +58,14 @@ def plot_confusion(cm: torch.Tensor, class_names: list[str], title: str, path: P
     for i in ticks:
         for j in ticks:
             value = int(cm[i, j])
-            ax.text(j, i, value, ha="center", va="center",
-                    color="white" if value > threshold else "black")
+            ax.text(
+                j,
+                i,
+                value,
+                ha="center",
+                va="center",
+                color="white" if value > threshold else "black",
+            )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

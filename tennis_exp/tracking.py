@@ -87,22 +87,32 @@ def record_failed_job(cfg: DictConfig, output_dir: Path, sweep_dir: str, message
     experiment_id = ensure_experiment(uri, cfg.experiment_name)
     if client.search_runs([experiment_id], f"tags.output_dir = '{output_dir.resolve()}'"):
         return  # the job's own run exists and is already marked FAILED
-    tags = {"hardware": cfg.hardware.name, "strategy": cfg.hardware.strategy.value,
-            "sweep_dir": str(Path(sweep_dir).resolve()), "output_dir": str(output_dir.resolve()),
-            "error": message[:5000]}
+    tags = {
+        "hardware": cfg.hardware.name,
+        "strategy": cfg.hardware.strategy.value,
+        "sweep_dir": str(Path(sweep_dir).resolve()),
+        "output_dir": str(output_dir.resolve()),
+        "error": message[:5000],
+    }
     parent = sweep_parent(client, experiment_id, sweep_dir)
     if parent:
         tags["mlflow.parentRunId"] = parent
     name = f"{cfg.hardware.name}-{cfg.hardware.strategy.value}-failed"
     run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-    client.log_batch(run_id, params=[Param("scaling.devices", str(cfg.hardware.devices)),
-                                     Param("hardware.strategy", cfg.hardware.strategy.value)])
+    client.log_batch(
+        run_id,
+        params=[
+            Param("scaling.devices", str(cfg.hardware.devices)),
+            Param("hardware.strategy", cfg.hardware.strategy.value),
+        ],
+    )
     client.set_terminated(run_id, "FAILED")
 
 
 def child_runs(client, parent) -> list:
     return client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
         max_results=5000,
     )
 
@@ -149,7 +159,7 @@ class SweepTracking(Callback):
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts to dotted keys: {"training": {"batch_size": 32}} -> {"training.batch_size": 32}."""
+    """Nested dicts to dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
@@ -260,16 +270,23 @@ def mlflow_run(
             tags = {**tags, "mlflow.parentRunId": parent}
         info = client.create_run(experiment_id, run_name=run_name, tags=tags).info
     run = Run(client, info.run_id)
-    log.info("MLflow run %s (%s) in experiment '%s' at %s%s", info.run_name, info.run_id,
-             experiment, uri, ", resumed" if resume_id else "")
+    log.info(
+        "MLflow run %s (%s) in experiment '%s' at %s%s",
+        info.run_name,
+        info.run_id,
+        experiment,
+        uri,
+        ", resumed" if resume_id else "",
+    )
     # `kill` (SIGTERM, as `nohup` jobs are stopped) would otherwise end Python without cleanup.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     monitor = None
     if system_metrics:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(info.run_id, sampling_interval=5, tracking_uri=uri,
-                                       resume_logging=bool(resume_id))
+        monitor = SystemMetricsMonitor(
+            info.run_id, sampling_interval=5, tracking_uri=uri, resume_logging=bool(resume_id)
+        )
         monitor.start()
     try:
         yield run

@@ -90,7 +90,10 @@ def train(
         # Across nodes the world is larger than one node's devices.
         world = dist.world_size if dist.active else hw.devices
         plan = plan_scaling(
-            cfg.training.batch_size, cfg.training.learning_rate, world, hw.batch_scaling,
+            cfg.training.batch_size,
+            cfg.training.learning_rate,
+            world,
+            hw.batch_scaling,
             hw.lr_scaling,
         )
         visible = torch.cuda.device_count() if hw.accelerator is Accelerator.cuda else 0
@@ -117,15 +120,19 @@ def train(
             return train_process(cfg, output_dir, None, dist, datasets)
 
         output_dir.mkdir(parents=True, exist_ok=True)
-        tags = {"hardware": hw.name, "strategy": hw.strategy.value,
-                "output_dir": str(output_dir.resolve())}
+        tags = {
+            "hardware": hw.name,
+            "strategy": hw.strategy.value,
+            "output_dir": str(output_dir.resolve()),
+        }
         if sweep_dir:
             tags["sweep_dir"] = str(Path(sweep_dir).resolve())
         system_metrics = cfg.tracking.system_metrics
         if system_metrics is None:
             system_metrics = setup.device.type == "cuda"
-        with mlflow_run(uri, cfg.experiment_name, run_name(cfg, plan), tags, resume_id,
-                        system_metrics) as run:
+        with mlflow_run(
+            uri, cfg.experiment_name, run_name(cfg, plan), tags, resume_id, system_metrics
+        ) as run:
             if not resume_id:
                 log_run_inputs(run, cfg, plan, output_dir, overrides)
             if hw.strategy is Strategy.ddp and not dist.active:
@@ -136,8 +143,9 @@ def train(
             distributed.destroy_process_group()
 
 
-def log_run_inputs(run: Run, cfg: DictConfig, plan: ScalingPlan, output_dir: Path,
-                   overrides: list[str] | None) -> None:
+def log_run_inputs(
+    run: Run, cfg: DictConfig, plan: ScalingPlan, output_dir: Path, overrides: list[str] | None
+) -> None:
     """Params (the resolved config and the scaling plan), the config and overrides as files."""
     run.log_params(
         {
@@ -165,8 +173,7 @@ def train_process(
     hw, tcfg = cfg.hardware, cfg.training
     events = list(cfg.data.events)
     world = dist.world_size if dist.active else hw.devices
-    plan = plan_scaling(tcfg.batch_size, tcfg.learning_rate, world, hw.batch_scaling,
-                        hw.lr_scaling)
+    plan = plan_scaling(tcfg.batch_size, tcfg.learning_rate, world, hw.batch_scaling, hw.lr_scaling)
     visible = torch.cuda.device_count() if hw.accelerator is Accelerator.cuda else 0
     setup = select_devices(hw, visible).for_rank(dist.local_rank)
     run = Run.open(tracking_uri(cfg), run_id) if dist.is_main and run_id else None
@@ -192,13 +199,18 @@ def train_process(
         else RandomSampler(datasets["train"], generator=shuffle_generator)
     )
     loaders = {
-        "train": make_loader(datasets["train"], batch, tcfg.num_workers, setup, cfg.seed,
-                             sampler=train_sampler),
+        "train": make_loader(
+            datasets["train"], batch, tcfg.num_workers, setup, cfg.seed, sampler=train_sampler
+        ),
         # Each rank evaluates every world_size-th window: the split exactly once, no padding.
         **{
-            split: make_loader(Subset(datasets[split], range(dist.rank, len(datasets[split]),
-                                                             dist.world_size)),
-                               batch, tcfg.num_workers, setup, cfg.seed)
+            split: make_loader(
+                Subset(datasets[split], range(dist.rank, len(datasets[split]), dist.world_size)),
+                batch,
+                tcfg.num_workers,
+                setup,
+                cfg.seed,
+            )
             for split in ("val", "test")
         },
     }
@@ -235,8 +247,14 @@ def train_process(
         loss_sum, correct, seen = 0.0, 0, 0
         timed_samples, timed_from = 0, None
         batches = islice(loaders["train"], steps_per_epoch)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}", disable=not show_bar,
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            batches,
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}",
+            disable=not show_bar,
+            leave=False,
+            dynamic_ncols=True,
+        )
         for i, (frames, labels) in enumerate(bar):
             if i == min(TIMING_WARMUP_STEPS, steps_per_epoch // 2):
                 synchronize(setup)
@@ -269,8 +287,11 @@ def train_process(
                 raise UserError(
                     f"training loss became {loss_value} at epoch {epoch} step {i + 1}; "
                     f"lower training.learning_rate (the run used {plan.learning_rate:g}); "
-                    + (f"the last good checkpoint is {last}" if last.exists()
-                       else "no epoch had finished, so there is no checkpoint")
+                    + (
+                        f"the last good checkpoint is {last}"
+                        if last.exists()
+                        else "no epoch had finished, so there is no checkpoint"
+                    )
                 )
             loss_sum += loss_value * len(labels)
             correct += (logits.argmax(1) == labels).sum().item()
@@ -281,7 +302,8 @@ def train_process(
         synchronize(setup)
         end = time.perf_counter()
         loss_sum, correct, seen, timed_samples = dist.all_reduce(
-            [loss_sum, correct, seen, timed_samples], setup.device)
+            [loss_sum, correct, seen, timed_samples], setup.device
+        )
         # Steady-state throughput of the whole job; a very short epoch counts all of it.
         samples_per_sec = (
             timed_samples / (end - timed_from) if timed_samples else seen / (end - start)
@@ -328,8 +350,16 @@ def train_process(
             log.info(
                 "epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f macro-F1 %.3f | "
                 "lr %.2g | %.1f samples/s | %.1f s",
-                epoch, tcfg.epochs, metrics["train/loss"], metrics["train/acc"], val["loss"],
-                val["acc"], val["macro_f1"], metrics["lr"], samples_per_sec, epoch_time,
+                epoch,
+                tcfg.epochs,
+                metrics["train/loss"],
+                metrics["train/acc"],
+                val["loss"],
+                val["acc"],
+                val["macro_f1"],
+                metrics["lr"],
+                samples_per_sec,
+                epoch_time,
             )
 
     dist.barrier()  # best.pth is written before any rank reads it
@@ -347,8 +377,9 @@ def train_process(
 
 
 @torch.no_grad()
-def evaluate(model, loader, setup: DeviceSetup, events: list[str], max_batches: int | None,
-             dist: Dist):
+def evaluate(
+    model, loader, setup: DeviceSetup, events: list[str], max_batches: int | None, dist: Dist
+):
     """Loss and classification metrics over a split, summed over ranks; (metrics, confusion)."""
     model.eval()
     cm = torch.zeros(len(events), len(events), dtype=torch.long)

@@ -37,8 +37,9 @@ def smoke_cfg(tmp_path: Path) -> DictConfig:
 
 def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 300):
     """`python -m tennis_exp ARGS` in a subprocess, as a user types it."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",
-                                                                 "HYDRA_FULL_ERROR")}
+    full_env = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")
+    }
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "tennis_exp", *args],

@@ -77,8 +77,7 @@ class _OldScriptModel(nn.Module):
         resnet = torchvision.models.resnet50(weights=None)
         self.backbone = nn.Sequential(*list(resnet.children())[:-1])
         self.lstm = nn.LSTM(2048, 512, 3, batch_first=True, dropout=0.3, bidirectional=True)
-        self.fc = nn.Sequential(nn.Linear(1024, 128), nn.ReLU(), nn.Dropout(0.3),
-                                nn.Linear(128, 4))
+        self.fc = nn.Sequential(nn.Linear(1024, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, 4))
 
 
 @pytest.mark.parametrize("prefix", ["", "module."])
@@ -144,8 +143,14 @@ class _Arbitrary:
 
 
 def test_another_architecture_lists_missing_and_unexpected_keys(tmp_path):
-    save_checkpoint(tmp_path / "r18.pth", {"model_state_dict": build_model(
-        compose_config(["model=resnet18", "model.pretrained=false"]).model, 4).state_dict()})
+    save_checkpoint(
+        tmp_path / "r18.pth",
+        {
+            "model_state_dict": build_model(
+                compose_config(["model=resnet18", "model.pretrained=false"]).model, 4
+            ).state_dict()
+        },
+    )
     with pytest.raises(UserError) as err:
         load_model_weights(_small_model(), tmp_path / "r18.pth")
     message = str(err.value)

@@ -55,9 +55,21 @@ def test_smoke_run_is_tracked_in_mlflow(tmp_path):
     assert params["scaling.effective_batch_size"] == "8"
     assert float(params["scaling.learning_rate"]) == pytest.approx(1e-4)
     metrics = run.data.metrics
-    for key in ["train/loss", "train/acc", "val/loss", "val/acc", "val/macro_f1",
-                "val/macro_precision", "val/macro_recall", "val/f1_net_play", "lr",
-                "perf/samples_per_sec", "perf/epoch_time_s", "test/acc", "test/macro_f1"]:
+    for key in [
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/macro_f1",
+        "val/macro_precision",
+        "val/macro_recall",
+        "val/f1_net_play",
+        "lr",
+        "perf/samples_per_sec",
+        "perf/epoch_time_s",
+        "test/acc",
+        "test/macro_f1",
+    ]:
         assert key in metrics, key
     assert 0 <= metrics["val/macro_f1"] <= 1
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/macro_f1")] == [1]
@@ -67,16 +79,22 @@ def test_smoke_run_is_tracked_in_mlflow(tmp_path):
     assert len(tags.get("mlflow.source.git.commit", "x" * 40)) == 40
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"resolved_config.yaml", "overrides.yaml", "confusion_matrix.png",
-            "checkpoints"} <= artifacts
+    assert {
+        "resolved_config.yaml",
+        "overrides.yaml",
+        "confusion_matrix.png",
+        "checkpoints",
+    } <= artifacts
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == [
-        "checkpoints/best.pth"]
+        "checkpoints/best.pth"
+    ]
 
     # The checkpoint holds the unwrapped model, in the users' format, and loads into a new one.
     ckpt = tmp_path / "run" / "checkpoints" / "best.pth"
     payload = torch.load(ckpt, weights_only=True)
     assert {"model_state_dict", "optimizer_state_dict", "epoch", "best_f1", "config"} <= set(
-        payload)
+        payload
+    )
     assert not any(k.startswith("module.") for k in payload["model_state_dict"])
     model = build_model(compose_config(["debug=smoke"]).model, num_classes=4)
     load_model_weights(model, ckpt)
@@ -93,11 +111,16 @@ def _sweep(tmp_path):
 
 def test_multirun_of_two_cpu_jobs(tmp_path):
     sweep = tmp_path / "sweep"
-    out = run_cli(["--multirun", "hardware=cpu,gpu1", *_smoke_args(tmp_path),
-                   f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    out = run_cli(
+        ["--multirun", "hardware=cpu,gpu1", *_smoke_args(tmp_path), f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0-cpu", "1-gpu1",
-                                                                      "comparison"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [
+        "0-cpu",
+        "1-gpu1",
+        "comparison",
+    ]
     assert (sweep / "0-cpu" / "checkpoints" / "best.pth").is_file()
     client, parent, runs = _sweep(tmp_path)
     assert sorted(r.data.tags["hardware"] for r in runs) == ["cpu", "gpu1"]
@@ -115,14 +138,23 @@ def test_multirun_of_two_cpu_jobs(tmp_path):
 
 def test_sweep_goes_on_past_a_failed_job(tmp_path):
     # No GPU here: the gpu2 job fails, the cpu job after it still runs.
-    out = run_cli(["--multirun", "hardware=gpu2,cpu", *_smoke_args(tmp_path),
-                   f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    out = run_cli(
+        [
+            "--multirun",
+            "hardware=gpu2,cpu",
+            *_smoke_args(tmp_path),
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=tmp_path,
+    )
     assert out.returncode == 1
     assert "job 0 (hardware=gpu2" in out.stdout + out.stderr
     assert "Traceback" not in out.stderr
     _, parent, runs = _sweep(tmp_path)
     assert sorted((r.data.tags["hardware"], r.info.status) for r in runs) == [
-        ("cpu", "FINISHED"), ("gpu2", "FAILED")]
+        ("cpu", "FINISHED"),
+        ("gpu2", "FAILED"),
+    ]
     failed = next(r for r in runs if r.info.status == "FAILED")
     assert "needs 2 CUDA device(s)" in failed.data.tags["error"]
     assert parent.info.status == "FAILED"
@@ -132,12 +164,24 @@ def test_sweep_goes_on_past_a_failed_job(tmp_path):
 
 
 def test_dry_run_plans_a_four_gpu_job_on_a_laptop(tmp_path):
-    out = run_cli(["hardware=gpu4", "dry_run=true", f"tracking.uri={_uri(tmp_path)}",
-                   f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    out = run_cli(
+        [
+            "hardware=gpu4",
+            "dry_run=true",
+            f"tracking.uri={_uri(tmp_path)}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
-    for line in ["Using device: cuda", "Using 4 GPUs for training!", "GPU IDs: [0, 1, 2, 3]",
-                 "Per-device batch size: 32", "Effective batch size: 128",
-                 "Learning rate: 0.0004 (linear: 0.0001 x (128/32)^1)"]:
+    for line in [
+        "Using device: cuda",
+        "Using 4 GPUs for training!",
+        "GPU IDs: [0, 1, 2, 3]",
+        "Per-device batch size: 32",
+        "Effective batch size: 128",
+        "Learning rate: 0.0004 (linear: 0.0001 x (128/32)^1)",
+    ]:
         assert line in out.stdout
     assert not (tmp_path / "mlflow.db").exists()
     assert not (tmp_path / "data").exists()
@@ -147,8 +191,10 @@ def test_dry_run_plans_a_four_gpu_job_on_a_laptop(tmp_path):
     ("override", "expected"),
     [
         ("hardware=gpu3", "Could not find 'hardware/gpu3'; valid options: colab, cpu, gpu1"),
-        ("training.batch_size=abc", "training.batch_size=abc: Value 'abc' of type 'str' could "
-                                    "not be converted to Integer"),
+        (
+            "training.batch_size=abc",
+            "training.batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer",
+        ),
         ("training.batch_size=0", "training.batch_size=0 is invalid: it must be an integer >= 1"),
         ("training.batch_size=-4", "training.batch_size=-4 is invalid"),
         ("training.learning_rate=-1", "training.learning_rate=-1.0 is invalid: it must be > 0"),
@@ -163,10 +209,14 @@ def test_dry_run_plans_a_four_gpu_job_on_a_laptop(tmp_path):
 )
 def test_bad_input_gives_one_line_and_leaves_no_run(tmp_path, override, expected):
     # The real-data cases run without debug=smoke, which points data.root at synthetic data.
-    args = [f"tracking.uri={_uri(tmp_path)}"] if override.startswith("data") else _smoke_args(
-        tmp_path)
-    out = run_cli([*args, *override.split(), f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
-                  env={"CUDA_VISIBLE_DEVICES": ""})
+    args = (
+        [f"tracking.uri={_uri(tmp_path)}"] if override.startswith("data") else _smoke_args(tmp_path)
+    )
+    out = run_cli(
+        [*args, *override.split(), f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        env={"CUDA_VISIBLE_DEVICES": ""},
+    )
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr

@@ -35,8 +35,9 @@ def _runs(tmp_path):
 
 
 def test_two_gloo_processes_train_one_run(tmp_path):
-    out = run_cli(_args(tmp_path, "hardware=cpu_ddp2", f"hydra.run.dir={tmp_path / 'run'}"),
-                  cwd=tmp_path)
+    out = run_cli(
+        _args(tmp_path, "hardware=cpu_ddp2", f"hydra.run.dir={tmp_path / 'run'}"), cwd=tmp_path
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Strategy: ddp (backend gloo, world size 2)" in out.stdout
     assert "Effective batch size: 16" in out.stdout
@@ -59,8 +60,9 @@ def test_two_gloo_processes_train_one_run(tmp_path):
     load_model_weights(model, tmp_path / "run" / "checkpoints" / "best.pth")
     test_set = build_datasets(cfg.data, cfg.seed)["test"]
     setup = DeviceSetup(torch.device("cpu"), [], cfg.hardware.strategy)
-    metrics, cm = evaluate(model, make_loader(test_set, 5, 0, setup, 0), setup,
-                           list(cfg.data.events), None, Dist())
+    metrics, cm = evaluate(
+        model, make_loader(test_set, 5, 0, setup, 0), setup, list(cfg.data.events), None, Dist()
+    )
     assert cm.sum() == len(test_set)
     assert run.data.metrics["test/acc"] == pytest.approx(metrics["acc"], abs=1e-9)
     assert run.data.metrics["test/macro_f1"] == pytest.approx(metrics["macro_f1"], abs=1e-9)
@@ -78,8 +80,16 @@ def test_a_failing_rank_stops_the_job_and_fails_the_run(tmp_path):
     broken = index.videos[video][start + 3]
     broken.write_bytes(b"not a jpeg")
 
-    out = run_cli(_args(tmp_path, "hardware=cpu_ddp2", "data.frame_cache=false",
-                        f"hydra.run.dir={tmp_path / 'run'}"), cwd=tmp_path, timeout=240)
+    out = run_cli(
+        _args(
+            tmp_path,
+            "hardware=cpu_ddp2",
+            "data.frame_cache=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ),
+        cwd=tmp_path,
+        timeout=240,
+    )
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: rank 1 of 2 failed: ") and broken.name in last
@@ -90,20 +100,32 @@ def test_a_failing_rank_stops_the_job_and_fails_the_run(tmp_path):
 
 def test_multirun_single_process_then_ddp(tmp_path):
     sweep = tmp_path / "sweep"
-    out = run_cli(["--multirun", "hardware=cpu,cpu_ddp2", *_args(tmp_path),
-                   f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    out = run_cli(
+        ["--multirun", "hardware=cpu,cpu_ddp2", *_args(tmp_path), f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     jobs = [r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
     assert sorted((r.data.tags["hardware"], r.info.status) for r in jobs) == [
-        ("cpu", "FINISHED"), ("cpu_ddp2", "FINISHED")]
+        ("cpu", "FINISHED"),
+        ("cpu_ddp2", "FINISHED"),
+    ]
     assert (sweep / "1-cpu_ddp2" / "checkpoints" / "best.pth").is_file()
 
 
 def test_submitit_local_launcher_runs_a_job(tmp_path):
     # The SLURM launcher's local mode: the job runs in a process submitit starts and watches.
     sweep = tmp_path / "sweep"
-    out = run_cli(["--multirun", "hydra/launcher=submitit_local", "hardware=cpu",
-                   *_args(tmp_path), f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    out = run_cli(
+        [
+            "--multirun",
+            "hydra/launcher=submitit_local",
+            "hardware=cpu",
+            *_args(tmp_path),
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Submitit 'local' sweep output dir" in out.stdout + out.stderr
     [job] = [r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]

@@ -27,7 +27,7 @@ def commands(path: Path) -> list[list[str]]:
             if "torchrun" in tokens or "tennis_exp" not in tokens:
                 continue  # torchrun needs its own launcher; `-m tennis_exp.compare` is another tool
             args = []
-            for token in tokens[tokens.index("tennis_exp") + 1:]:
+            for token in tokens[tokens.index("tennis_exp") + 1 :]:
                 if token in _STOP or token.startswith(">"):
                     break
                 args.append(token)
@@ -44,14 +44,18 @@ def test_the_guides_have_commands():
     assert {name for name, _ in FOUND} == {"README.md", "multi_gpu_guide.zh-TW.md"}
 
 
-@pytest.mark.parametrize(("guide", "args"), CASES,
-                         ids=[f"{g}: {' '.join(a) or '(defaults)'}" for g, a in CASES])
+@pytest.mark.parametrize(
+    ("guide", "args"), CASES, ids=[f"{g}: {' '.join(a) or '(defaults)'}" for g, a in CASES]
+)
 def test_guide_command_runs(tmp_path, guide, args):
     if any(a.startswith("resume=") for a in args):
         pytest.skip("resume needs an interrupted run: tests/test_resume.py runs it")
     smoke = "debug=smoke" in args
-    extra = [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-             f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    extra = [
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
     if smoke:
         extra += [f"data.root={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'cache'}"]
     else:

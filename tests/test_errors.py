@@ -16,16 +16,23 @@ from .conftest import run_cli
 
 
 def _smoke(tmp_path, *extra):
-    return ["debug=smoke", "hardware=cpu", f"data.root={tmp_path / 'data'}",
-            f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", *extra]
+    return [
+        "debug=smoke",
+        "hardware=cpu",
+        f"data.root={tmp_path / 'data'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *extra,
+    ]
 
 
 def test_unreachable_tracking_server_fails_before_any_work(tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = run_cli(_smoke(tmp_path), cwd=tmp_path,
-                  env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
+    out = run_cli(
+        _smoke(tmp_path), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+    )
     assert out.returncode == 1
     [line] = out.stderr.strip().splitlines()
     assert line.startswith(f"Error: MLflow tracking server http://127.0.0.1:{port} is unreachable")
@@ -34,8 +41,16 @@ def test_unreachable_tracking_server_fails_before_any_work(tmp_path):
 
 def test_diverging_loss_stops_with_epoch_and_step(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = run_cli(_smoke(tmp_path, "training.learning_rate=1e30", "training.grad_clip=null",
-                         "training.epochs=3", f"tracking.uri={uri}"), cwd=tmp_path)
+    out = run_cli(
+        _smoke(
+            tmp_path,
+            "training.learning_rate=1e30",
+            "training.grad_clip=null",
+            "training.epochs=3",
+            f"tracking.uri={uri}",
+        ),
+        cwd=tmp_path,
+    )
     assert out.returncode == 1
     # (MLflow may log the creation of its new store above it.)
     line = out.stderr.strip().splitlines()[-1]

@@ -42,8 +42,9 @@ NONE, LIN, SQRT = LrScaling.none, LrScaling.linear, LrScaling.sqrt
         (16, 3e-4, 4, CONST, NONE, 4, 16, 3e-4),
     ],
 )
-def test_plan_scaling_table(batch, lr, devices, batch_rule, lr_rule, per_device, effective,
-                            planned_lr):
+def test_plan_scaling_table(
+    batch, lr, devices, batch_rule, lr_rule, per_device, effective, planned_lr
+):
     plan = plan_scaling(batch, lr, devices, batch_rule, lr_rule)
     assert plan.devices == devices
     assert plan.per_device_batch_size == per_device
@@ -71,17 +72,28 @@ def test_constant_batch_must_divide(batch):
 def test_every_profile_plans_as_the_guide_says(profile, devices, per_device, effective, lr):
     cfg = compose_config([f"hardware={profile}"])
     hw, tr = cfg.hardware, cfg.training
-    plan = plan_scaling(tr.batch_size, tr.learning_rate, hw.devices, hw.batch_scaling,
-                        hw.lr_scaling)
+    plan = plan_scaling(
+        tr.batch_size, tr.learning_rate, hw.devices, hw.batch_scaling, hw.lr_scaling
+    )
     assert (plan.devices, plan.per_device_batch_size, plan.effective_batch_size) == (
-        devices, per_device, effective)
+        devices,
+        per_device,
+        effective,
+    )
     assert plan.learning_rate == pytest.approx(lr)
     assert hw.name == profile
 
 
-@pytest.mark.parametrize(("strategy", "devices", "loader_batch"),
-                         [(Strategy.dp, 1, 32), (Strategy.dp, 2, 64), (Strategy.dp, 4, 128),
-                          (Strategy.ddp, 2, 32), (Strategy.ddp, 4, 32)])
+@pytest.mark.parametrize(
+    ("strategy", "devices", "loader_batch"),
+    [
+        (Strategy.dp, 1, 32),
+        (Strategy.dp, 2, 64),
+        (Strategy.dp, 4, 128),
+        (Strategy.ddp, 2, 32),
+        (Strategy.ddp, 4, 32),
+    ],
+)
 def test_dataparallel_loader_gets_the_whole_batch(strategy, devices, loader_batch):
     # DataParallel splits the loader's batch: it must be per-device x devices, so each GPU
     # really gets 32 (the old script gave the loader 32 and each of 2 GPUs got 16).
@@ -127,7 +139,11 @@ def test_dry_run_plans_without_devices():
     setup = select_devices(_hw("gpu4"), visible_cuda=0, dry_run=True)
     assert setup.device_ids == [0, 1, 2, 3]
     lines = banner(setup, plan_scaling(32, 1e-4, 4, PD, LIN), train_size=None)
-    assert lines[:3] == ["Using device: cuda", "Using 4 GPUs for training!", "GPU IDs: [0, 1, 2, 3]"]
+    assert lines[:3] == [
+        "Using device: cuda",
+        "Using 4 GPUs for training!",
+        "GPU IDs: [0, 1, 2, 3]",
+    ]
     assert "Effective batch size: 128" in lines
     assert any(line.startswith("Learning rate: 0.0004 (linear") for line in lines)
 

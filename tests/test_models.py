@@ -57,8 +57,12 @@ def test_resnet_weights_from_a_local_file(tmp_path):
 
     reference = torchvision.models.resnet18(weights=None)
     torch.save(reference.state_dict(), tmp_path / "r18.pth")
-    model = _model("model=resnet18", f"model.weights_path={tmp_path / 'r18.pth'}",
-                   "model.lstm_hidden=16", "model.lstm_layers=1")
+    model = _model(
+        "model=resnet18",
+        f"model.weights_path={tmp_path / 'r18.pth'}",
+        "model.lstm_hidden=16",
+        "model.lstm_layers=1",
+    )
     assert torch.equal(model.backbone[0].weight, reference.conv1.weight)
 
 

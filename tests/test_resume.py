@@ -17,18 +17,26 @@ METRICS = ["train/loss", "train/acc", "val/loss", "val/macro_f1", "lr"]
 
 def _args(tmp_path, store, run_dir):
     return [
-        "debug=smoke", "hardware=cpu", "training.epochs=3", "training.max_batches=null",
-        "training.batch_size=2", "data.image_size=48",
-        f"data.root={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'cache'}",
-        f"tracking.uri=sqlite:///{tmp_path / store}", f"hydra.run.dir={tmp_path / run_dir}",
+        "debug=smoke",
+        "hardware=cpu",
+        "training.epochs=3",
+        "training.max_batches=null",
+        "training.batch_size=2",
+        "data.image_size=48",
+        f"data.root={tmp_path / 'data'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"tracking.uri=sqlite:///{tmp_path / store}",
+        f"hydra.run.dir={tmp_path / run_dir}",
     ]
 
 
 def _only_run(tmp_path, store):
     client = MlflowClient(f"sqlite:///{tmp_path / store}")
     [run] = client.search_runs([client.get_experiment_by_name("tennis_4event").experiment_id])
-    history = {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)]
-               for k in [*METRICS, "test/macro_f1", "test/loss"]}
+    history = {
+        k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)]
+        for k in [*METRICS, "test/macro_f1", "test/loss"]
+    }
     return run, history
 
 
@@ -39,8 +47,11 @@ def test_sigterm_then_resume_matches_a_straight_run(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tennis_exp", *_args(tmp_path, "b.db", "interrupted")],
-        cwd=tmp_path, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     for line in proc.stdout:
         if "epoch 1/3" in line:
@@ -74,4 +85,5 @@ def test_resume_refuses_a_checkpoint_without_training_state(tmp_path):
         f"Error: resume={tmp_path / 'weights.pth'}: {tmp_path / 'weights.pth'} cannot be resumed "
         "(it lacks optimizer_state_dict, scheduler_state_dict, epoch, best_f1, global_step, "
         "config, rng_states, mlflow_run_id, mlflow_tracking_uri); start from its weights with "
-        "model.init_from instead"]
+        "model.init_from instead"
+    ]

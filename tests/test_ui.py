@@ -21,10 +21,18 @@ from .conftest import ROOT, run_cli
 CHROMIUM = shutil.which("chromium")
 ARTIFACTS = ROOT / "test-artifacts"
 # Flags for a closed network: no background connections, no sandbox as root.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--window-size=1600,1000",
-                  "--virtual-time-budget=30000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1600,1000",
+    "--virtual-time-budget=30000",
+]
 
 
 def _free_port() -> int:
@@ -34,8 +42,12 @@ def _free_port() -> int:
 
 
 def _chromium(url: str, tmp_path, *flags: str) -> str:
-    out = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chrome'}",
-                          *flags, url], capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chrome'}", *flags, url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 
@@ -43,10 +55,18 @@ def _chromium(url: str, tmp_path, *flags: str) -> str:
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_sweep_in_the_mlflow_ui(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sweep = run_cli(["--multirun", "hardware=cpu,gpu1", "debug=smoke",
-                     f"data.root={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'cache'}",
-                     f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-                    cwd=tmp_path)
+    sweep = run_cli(
+        [
+            "--multirun",
+            "hardware=cpu,gpu1",
+            "debug=smoke",
+            f"data.root={tmp_path / 'data'}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"tracking.uri={uri}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=tmp_path,
+    )
     assert sweep.returncode == 0, sweep.stderr
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("tennis_4event").experiment_id
@@ -56,9 +76,23 @@ def test_sweep_in_the_mlflow_ui(tmp_path):
 
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host",
-         "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -78,7 +112,7 @@ def test_sweep_in_the_mlflow_ui(tmp_path):
         _chromium(runs_page, tmp_path, f"--screenshot={ARTIFACTS / 'mlflow_ui_runs.png'}")
 
         ids = json.dumps([r.info.run_id for r in jobs], separators=(",", ":"))
-        compare = f"{base}/#/compare-runs?runs={ids}&experiments=[\"{experiment}\"]"
+        compare = f'{base}/#/compare-runs?runs={ids}&experiments=["{experiment}"]'
         dom = _chromium(compare, tmp_path, "--dump-dom")
         for name in [r.info.run_name for r in jobs]:
             assert name in dom
