@@ -66,17 +66,7 @@ def train(
     validate(cfg)
     resume_id = None
     if cfg.resume:
-        # The run goes on with the config it was started with, in its own directory.
-        ckpt_path, payload = resume_checkpoint(cfg.resume)
-        ignored = [o for o in overrides or [] if not o.startswith("resume=")]
-        if ignored:
-            log.warning("resume continues with the run's saved config; ignoring %s", ignored)
-        cfg = from_container(payload["config"])
-        cfg.resume = str(ckpt_path)
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
-            cfg.tracking.uri = payload["mlflow_tracking_uri"]
-        output_dir, resume_id = ckpt_path.parent.parent, payload["mlflow_run_id"]
-        log.info("Resuming %s after epoch %d", output_dir, payload["epoch"])
+        cfg, output_dir, resume_id = resumed(cfg, overrides)
     hw = cfg.hardware
     dist = distributed.init_process_group(cfg) if distributed.launched_by_torchrun() else Dist()
     try:
@@ -87,17 +77,7 @@ def train(
                 f"hardware.devices={hw.devices} but torchrun started "
                 f"{os.environ['LOCAL_WORLD_SIZE']} process(es) per node: make them equal"
             )
-        # Across nodes the world is larger than one node's devices.
-        world = dist.world_size if dist.active else hw.devices
-        plan = plan_scaling(
-            cfg.training.batch_size,
-            cfg.training.learning_rate,
-            world,
-            hw.batch_scaling,
-            hw.lr_scaling,
-        )
-        visible = torch.cuda.device_count() if hw.accelerator is Accelerator.cuda else 0
-        setup = select_devices(hw, visible, dry_run=cfg.dry_run)
+        plan, setup = plan_run(cfg, dist)
         if cfg.dry_run:
             for line in banner(setup, plan, None, distributed.backend(cfg)):
                 log.info(line)
@@ -143,6 +123,36 @@ def train(
             distributed.destroy_process_group()
 
 
+def resumed(cfg: DictConfig, overrides: list[str] | None) -> tuple[DictConfig, Path, str]:
+    """The config, output directory and MLflow run of the run that `resume` continues."""
+    ckpt_path, payload = resume_checkpoint(cfg.resume)
+    ignored = [o for o in overrides or [] if not o.startswith("resume=")]
+    if ignored:
+        log.warning("resume continues with the run's saved config; ignoring %s", ignored)
+    cfg = from_container(payload["config"])
+    cfg.resume = str(ckpt_path)
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        cfg.tracking.uri = payload["mlflow_tracking_uri"]
+    output_dir = ckpt_path.parent.parent
+    log.info("Resuming %s after epoch %d", output_dir, payload["epoch"])
+    return cfg, output_dir, payload["mlflow_run_id"]
+
+
+def plan_run(cfg: DictConfig, dist: Dist) -> tuple[ScalingPlan, DeviceSetup]:
+    """The scaling plan and the devices; across torchrun nodes the world is larger than one
+    node's devices."""
+    hw = cfg.hardware
+    plan = plan_scaling(
+        cfg.training.batch_size,
+        cfg.training.learning_rate,
+        dist.world_size if dist.active else hw.devices,
+        hw.batch_scaling,
+        hw.lr_scaling,
+    )
+    visible = torch.cuda.device_count() if hw.accelerator is Accelerator.cuda else 0
+    return plan, select_devices(hw, visible, dry_run=cfg.dry_run)
+
+
 def log_run_inputs(
     run: Run, cfg: DictConfig, plan: ScalingPlan, output_dir: Path, overrides: list[str] | None
 ) -> None:
@@ -172,10 +182,8 @@ def train_process(
     writes checkpoints and returns the result)."""
     hw, tcfg = cfg.hardware, cfg.training
     events = list(cfg.data.events)
-    world = dist.world_size if dist.active else hw.devices
-    plan = plan_scaling(tcfg.batch_size, tcfg.learning_rate, world, hw.batch_scaling, hw.lr_scaling)
-    visible = torch.cuda.device_count() if hw.accelerator is Accelerator.cuda else 0
-    setup = select_devices(hw, visible).for_rank(dist.local_rank)
+    plan, setup = plan_run(cfg, dist)
+    setup = setup.for_rank(dist.local_rank)
     run = Run.open(tracking_uri(cfg), run_id) if dist.is_main and run_id else None
     seed_everything(cfg.seed + dist.rank)
     if datasets is None:
