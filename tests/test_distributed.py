@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -131,3 +138,80 @@ def test_submitit_local_launcher_runs_a_job(tmp_path):
     [job] = [r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
     assert job.info.status == "FINISHED" and job.data.tags["hardware"] == "cpu"
     assert list((sweep / ".submitit").iterdir())  # submitit's own job records
+
+
+def test_torchrun_workers_do_not_launch_again(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "-m",
+            "tennis_exp",
+            "hardware=cpu_ddp2",
+            *_args(tmp_path),
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.stdout.count("Strategy: ddp (backend gloo, world size 2)") == 1  # rank 0 only
+    [run] = _runs(tmp_path)
+    assert run.info.status == "FINISHED" and run.data.params["scaling.world_size"] == "2"
+    assert (tmp_path / "run" / "checkpoints" / "best.pth").is_file()
+
+
+def test_sigterm_stops_every_rank_and_marks_the_run_killed(tmp_path):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tennis_exp",
+            "hardware=cpu_ddp2",
+            *_args(tmp_path, "training.epochs=50"),
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={
+            **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+            "PYTHONUNBUFFERED": "1",
+        },
+    )
+    for line in proc.stdout:
+        if "epoch 1/50" in line:
+            ranks = _worker_pids(proc.pid)
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.stdout.read()
+    assert proc.wait(timeout=120) != 0
+    assert len(ranks) == 2
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in ranks):  # no rank left behind
+        assert time.monotonic() < deadline, "a rank outlived the job"
+        time.sleep(0.5)
+    [run] = _runs(tmp_path)
+    assert run.info.status == "KILLED"
+
+
+def _worker_pids(parent: int) -> list[int]:
+    """The spawned ranks: children of the job's process running the elastic worker."""
+    pids = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line
+            )
+            cmdline = (status.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields.get("PPid", "0")) == parent and b"multiprocessing.spawn" in cmdline:
+            pids.append(int(status.parent.name))
+    return pids
