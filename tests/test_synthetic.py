@@ -1,0 +1,251 @@
+"""The synthetic twin: layout, exact window counts, determinism, regeneration, motion signal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tennis_exp import synthetic
+from tennis_exp.config import EVENTS, THETIS_ACTIONS, THETIS_EXCLUDED
+from tennis_exp.errors import UserError
+from tennis_exp.synthetic import ensure_synthetic, expected_windows
+
+SPLITS = ("train", "val", "test")
+STRIDES = {"train": 8, "val": 16, "test": 16}
+SIZE = 32  # small images keep the file fast; rendering scales with the image size
+
+
+def windows(length: int, stride: int) -> int:
+    return (length - 16) // stride + 1 if length >= 16 else 0
+
+
+def video_lengths(root: Path) -> dict[str, dict[str, list[int]]]:
+    """split -> action folder -> frame count of each video, read from the files."""
+    return {
+        split: {
+            action.name: [len(list(video.glob("*.jpg"))) for video in sorted(action.iterdir())]
+            for action in sorted((root / split).iterdir())
+        }
+        for split in SPLITS
+    }
+
+
+def count_windows(lengths: dict[str, dict[str, list[int]]]) -> dict[str, dict[str, int]]:
+    """The loader's rule: mapped actions only, window 16, stride 8 on train and 16 otherwise."""
+    counts = {split: dict.fromkeys(EVENTS, 0) for split in SPLITS}
+    for split, actions in lengths.items():
+        for action, videos in actions.items():
+            if action in THETIS_ACTIONS:
+                counts[split][THETIS_ACTIONS[action]] += sum(
+                    windows(n, STRIDES[split]) for n in videos
+                )
+    return counts
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*.jpg"))
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic") / "data"
+    assert ensure_synthetic(root, "tiny", seed=0, image_size=SIZE)
+    return root
+
+
+def test_layout(tiny: Path):
+    for split in SPLITS:
+        assert {p.name for p in (tiny / split).iterdir()} == set(THETIS_ACTIONS) | set(
+            THETIS_EXCLUDED
+        )
+        for video in (tiny / split).glob("*/*"):
+            assert re.fullmatch(rf"p\d{{4}}_{video.parent.name}", video.name)
+            names = sorted(p.name for p in video.iterdir())
+            assert names == [f"frame_{t:04d}.jpg" for t in range(1, len(names) + 1)]
+    frame = next(tiny.glob("train/smash/*/frame_0001.jpg"))
+    with Image.open(frame) as image:
+        assert image.format == "JPEG" and image.mode == "RGB" and image.size == (SIZE, SIZE)
+    marker = json.loads((tiny / ".synthetic.json").read_text())
+    assert marker["preset"] == "tiny" and marker["seed"] == 0 and marker["image_size"] == SIZE
+    # The temporary directory was renamed into place, nothing is left beside the root.
+    assert [p.name for p in tiny.parent.iterdir() if not p.name.endswith(".lock")] == ["data"]
+
+
+def test_window_counts_from_files_match_expected(tiny: Path):
+    lengths = video_lengths(tiny)
+    expected = expected_windows("tiny")
+    assert count_windows(lengths) == expected
+    for split in SPLITS:
+        assert all(expected[split][event] > 0 for event in EVENTS)
+        # Every action folder holds at least one video that yields windows.
+        assert all(any(n >= 16 for n in lengths[split][a]) for a in THETIS_ACTIONS)
+        # Excluded folders and too-short videos exist, so the loader's skipping is exercised.
+        assert all(any(n >= 16 for n in lengths[split][a]) for a in THETIS_EXCLUDED)
+        assert any(n < 16 for a in THETIS_ACTIONS for n in lengths[split][a])
+
+
+def test_tiny_sizes():
+    totals = {split: sum(c.values()) for split, c in expected_windows("tiny").items()}
+    assert 60 <= totals["train"] <= 100
+    assert 16 <= totals["val"] <= 30 and 16 <= totals["test"] <= 30
+
+
+def test_full_plan_has_the_real_window_counts():
+    expected = expected_windows("full")
+    assert {split: sum(c.values()) for split, c in expected.items()} == {
+        "train": 7775,
+        "val": 882,
+        "test": 952,
+    }
+    assert expected["train"] == {"Smash": 839, "Net Play": 1597, "Rally": 4344, "Serve": 995}
+    for preset in ("full", "small", "tiny"):
+        plan = synthetic._plan(preset)
+        lengths = {split: {} for split in SPLITS}
+        for split, videos in plan.items():
+            for video in videos:
+                lengths[split].setdefault(video.action, []).append(video.length)
+            assert len({video.name for video in videos}) == len(videos)
+            assert set(lengths[split]) == set(THETIS_ACTIONS) | set(THETIS_EXCLUDED)
+        assert count_windows(lengths) == expected_windows(preset)
+
+
+def test_small_preset_size_and_priors():
+    small, full = expected_windows("small"), expected_windows("full")
+    totals = {split: sum(c.values()) for split, c in small.items()}
+    assert 1000 <= totals["train"] <= 1400
+    assert 200 <= totals["val"] <= 250 and 200 <= totals["test"] <= 250
+    for split in SPLITS:
+        for event in EVENTS:
+            prior = full[split][event] / sum(full[split].values())
+            assert small[split][event] / totals[split] == pytest.approx(prior, abs=0.01)
+
+
+def test_deterministic_by_seed(tiny: Path, tmp_path: Path):
+    assert ensure_synthetic(tmp_path / "same", "tiny", seed=0, image_size=SIZE)
+    assert digest(tmp_path / "same") == digest(tiny)
+    assert ensure_synthetic(tmp_path / "other", "tiny", seed=1, image_size=SIZE)
+    other = digest(tmp_path / "other")
+    assert other.keys() == digest(tiny).keys()  # the plan does not depend on the seed
+    assert sum(other[k] != v for k, v in digest(tiny).items()) > 0.9 * len(other)
+
+
+def test_ensure_skips_same_settings_and_regenerates_changed(tiny: Path, tmp_path: Path):
+    root = Path(shutil.copytree(tiny, tmp_path / "data"))
+    (root / "notes.txt").write_text("not ours")
+    mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    assert not ensure_synthetic(root, "tiny", seed=0, image_size=SIZE)
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == mtimes
+
+    assert ensure_synthetic(root, "tiny", seed=0, image_size=SIZE - 8)
+    with Image.open(next(root.glob("val/*/*/frame_0001.jpg"))) as image:
+        assert image.size == (SIZE - 8, SIZE - 8)
+    assert json.loads((root / ".synthetic.json").read_text())["image_size"] == SIZE - 8
+    assert (root / "notes.txt").read_text() == "not ours"  # only splits and marker are replaced
+    assert not ensure_synthetic(root, "tiny", seed=0, image_size=SIZE - 8)
+
+
+def test_interrupted_generation_keeps_the_old_dataset(tiny: Path, tmp_path: Path, monkeypatch):
+    root = Path(shutil.copytree(tiny, tmp_path / "data"))
+
+    def crash(task):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic, "_write_video", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_synthetic(root, "tiny", seed=1, image_size=SIZE)
+    assert digest(root) == digest(tiny)
+    assert json.loads((root / ".synthetic.json").read_text())["seed"] == 0
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["data"]
+    # A fresh root that fails is not created at all.
+    with pytest.raises(KeyboardInterrupt):
+        ensure_synthetic(tmp_path / "fresh", "tiny", seed=0, image_size=SIZE)
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_split_folders_without_marker_are_not_replaced(tmp_path: Path):
+    real = tmp_path / "data" / "train" / "smash" / "p1_smash_s1"
+    real.mkdir(parents=True)
+    (real / "frame_0001.jpg").write_bytes(b"real")
+    with pytest.raises(UserError, match="real data"):
+        ensure_synthetic(tmp_path / "data", "tiny", seed=0, image_size=SIZE)
+    assert (real / "frame_0001.jpg").read_bytes() == b"real"
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="preset"):
+        expected_windows("huge")
+
+
+def test_motion_separates_events_single_frames_do_not():
+    """The event is in how the ball moves, not in any one frame.
+
+    Nearest-centroid classification of held-out videos: on a 16-frame window's ball-motion
+    statistics it must be accurate; on one frame's statistics (mean colour and ball position)
+    it must stay far lower. The ball track is checked against the pixels first.
+    """
+    actions = {e: [a for a, v in THETIS_ACTIONS.items() if v == e] for e in EVENTS}
+    motion, still, labels, fold = [], [], [], []
+    yellow = []
+    for label, event in enumerate(EVENTS):
+        for k in range(10):
+            rng = np.random.default_rng([7, label, k])
+            frames, ball = synthetic._render_video(
+                event, actions[event][k % len(actions[event])], 40, 64, rng, synthetic._cast(0)
+            )
+            for t in np.flatnonzero(~np.isnan(ball[:, 0])):
+                x, y = ball[t].astype(int)
+                rgb = frames[t, max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2].astype(int)
+                yellow.append((np.minimum(rgb[..., 0], rgb[..., 1]) - rgb[..., 2]).max() > 90)
+            for start in range(0, 40 - 16 + 1, 8):
+                track = ball[start : start + 16]
+                motion.append(_motion_features(track))
+                position = track[7] if not np.isnan(track[7, 0]) else (-20.0, -20.0)
+                still.append([*frames[start + 7].reshape(-1, 3).mean(axis=0), *position])
+                labels.append(label)
+                fold.append(k % 2)
+    # Where the track says the ball is, the image shows a ball, unless the player, his racket
+    # or an occluder is in front of it (about a quarter of the frames).
+    assert np.mean(yellow) > 0.6
+    motion_accuracy = _nearest_centroid(np.array(motion), np.array(labels), np.array(fold))
+    still_accuracy = _nearest_centroid(np.array(still), np.array(labels), np.array(fold))
+    assert motion_accuracy > 0.8
+    assert still_accuracy < 0.55
+    assert motion_accuracy - still_accuracy > 0.3
+
+
+def _motion_features(track: np.ndarray) -> list[float]:
+    """Phase-free statistics of a ball track (T, 2) in pixels, NaN where out of play."""
+    seen = ~np.isnan(track[:, 0])
+    step = np.diff(track, axis=0)[seen[1:] & seen[:-1]]
+    if len(step) == 0:
+        step = np.zeros((1, 2))
+    moving = np.sign(step[np.abs(step[:, 1]) > 0.7, 1])
+    return [
+        seen.mean(),
+        np.mean(step[:, 1] < -0.7),  # rising on screen
+        np.mean(step[:, 1] > 0.7),  # falling on screen
+        np.abs(step[:, 1]).max(),
+        np.abs(step[:, 0]).mean(),
+        np.count_nonzero(np.diff(moving)),  # turns: toss apex, bounce, hit
+        np.nanmin(track[:, 1]) if seen.any() else 64.0,  # highest point on screen
+    ]
+
+
+def _nearest_centroid(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> float:
+    """Train on fold 0, test on fold 1 (different videos), standardised features."""
+    mean, std = x[fold == 0].mean(axis=0), x[fold == 0].std(axis=0) + 1e-6
+    x = (x - mean) / std
+    centroids = np.stack([x[(fold == 0) & (y == c)].mean(axis=0) for c in range(len(EVENTS))])
+    test = fold == 1
+    guess = np.argmin(((x[test, None] - centroids[None]) ** 2).sum(axis=-1), axis=1)
+    return float(np.mean(guess == y[test]))
