@@ -8,6 +8,7 @@ before any work starts.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -161,6 +162,8 @@ class Config:
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="tennis_exp_schema", node=Config)
+    # ${pid:} in output paths: processes started in the same microsecond still differ.
+    OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
 
 
 def from_container(container: dict) -> DictConfig:

@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -235,8 +236,9 @@ def _generate(out: Path, preset: str, seed: int, image_size: int) -> None:
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8
     )
     if workers > 1 and sum(task[3].length for task in tasks) >= _POOL_MIN_FRAMES:
-        # spawn: the caller may hold torch threads or CUDA state that fork would copy unsafely.
-        context = multiprocessing.get_context("spawn")
+        # fork on Linux: workers only run numpy and PIL, and unlike spawn it does not re-run the
+        # caller's main script, which breaks scripts without an `if __name__ == "__main__"`.
+        context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
             list(pool.map(_write_video, tasks, chunksize=4))
     else:
@@ -669,14 +671,6 @@ def _draw_player(canvas, fu, fv, size, side, racket_angle, free_angle, stance, c
     width = min(int(np.ceil(1.95 * size.max())) + 4, extent)
     top = np.clip(np.round(fv - 1.6 * size).astype(int), 0, extent - height)
     left = np.clip(np.round(fu - width / 2).astype(int), 0, extent - width)
-
-    def per_frame(values):
-        return np.asarray(values, np.float32)[:, None, None]
-
-    # Patch coordinates in player heights, origin at the feet, y down; float32 keeps it fast.
-    h = per_frame(size)
-    x = (np.arange(width, dtype=np.float32) + 0.5 + per_frame(left - fu)) / h
-    y = (np.arange(height, dtype=np.float32)[:, None] + 0.5 + per_frame(top - fv)) / h
     index = (
         slice(None),
         np.arange(length)[:, None, None],
@@ -686,41 +680,108 @@ def _draw_player(canvas, fu, fv, size, side, racket_angle, free_angle, stance, c
     # Fancy indexing leaves the channel axis innermost; contiguous channels blend much faster.
     patch = np.ascontiguousarray(canvas[index])
 
-    def paint(alpha, colour):
-        patch[...] += alpha * (np.array(colour, np.float32)[:, None, None, None] - patch)
+    def per_frame(values):
+        return np.asarray(values, np.float32)[:, None, None]
+
+    # Patch coordinates in player heights, origin at the feet, y down; float32 keeps it fast.
+    h = per_frame(size)
+    x = (np.arange(width, dtype=np.float32) + 0.5 + per_frame(left - fu)) / h
+    y = (np.arange(height, dtype=np.float32)[:, None] + 0.5 + per_frame(top - fv)) / h
+    feet_row, feet_col = fv - top, fu - left
+
+    def span(low, high, feet, limit):
+        """Patch pixels covering player coordinates [low, high] in every frame."""
+        first = int(np.floor(np.min(feet + low * size))) - 1
+        last = int(np.ceil(np.max(feet + high * size))) + 2
+        return slice(min(max(first, 0), limit), min(max(last, 0), limit))
+
+    def draw(rows, cols, layers):
+        """Paint (shape, colour) layers, shape(x, y) -> alpha, in one region of the patch: fixed
+        slices, or per-frame pixel boxes (T, n) for a part that moves around the player."""
+        if isinstance(rows, slice):
+            xs, ys = x[:, :, cols], y[:, rows, :]
+            where = (slice(None), slice(None), rows, cols)
+        else:
+            xs = np.take_along_axis(x, cols[:, None, :], axis=2)
+            ys = np.take_along_axis(y, rows[:, :, None], axis=1)
+            where = (slice(None), index[1], rows[:, :, None], cols[:, None, :])
+        part = np.ascontiguousarray(patch[where])
+        for shape, colour in layers:
+            part += shape(xs, ys) * (np.array(colour, np.float32)[:, None, None, None] - part)
+        patch[where] = part
 
     def segment(ax, ay, bx, by, half):
-        dx, dy = bx - ax, by - ay
-        w = np.clip(((x - ax) * dx + (y - ay) * dy) / (dx * dx + dy * dy + 1e-9), 0, 1)
-        dist = np.hypot(x - ax - w * dx, y - ay - w * dy)
-        return np.clip((half - dist) * h + 0.5, 0, 1)
+        def alpha(x, y):
+            dx, dy = bx - ax, by - ay
+            w = np.clip(((x - ax) * dx + (y - ay) * dy) / (dx * dx + dy * dy + 1e-9), 0, 1)
+            return np.clip((half - np.hypot(x - ax - w * dx, y - ay - w * dy)) * h + 0.5, 0, 1)
+
+        return alpha
 
     def ellipse(cx, cy, rx, ry, cos=1.0, sin=0.0):
-        a, b = ((x - cx) * cos + (y - cy) * sin) / rx, ((y - cy) * cos - (x - cx) * sin) / ry
-        return np.clip((1 - np.hypot(a, b)) * min(rx, ry) * h + 0.5, 0, 1)
+        def alpha(x, y):
+            a, b = ((x - cx) * cos + (y - cy) * sin) / rx, ((y - cy) * cos - (x - cx) * sin) / ry
+            return np.clip((1 - np.hypot(a, b)) * min(rx, ry) * h + 0.5, 0, 1)
+
+        return alpha
+
+    def shorts(x, y):
+        return np.clip(0.5 - np.maximum(np.abs(x) - 0.15, np.abs(y + 0.5) - 0.08) * h, 0, 1)
 
     legs = tuple(0.85 * np.array(colours["skin"]))
-    for leg in (-1, 1):
-        paint(segment(leg * 0.08, -0.46, leg * stance, 0.0, 0.045), legs)
-    shorts = np.maximum(np.abs(x) - 0.15, np.abs(y + 0.5) - 0.08)
-    paint(np.clip(0.5 - shorts * h, 0, 1), colours["shorts"])
-    paint(ellipse(0.0, -0.68, 0.16, 0.17), colours["shirt"])
-    paint(ellipse(0.0, -0.91, 0.085, 0.085), colours["hair"])
+    body = (span(-1.01, 0.06, feet_row, height), span(-0.25, 0.25, feet_col, width))
+    draw(
+        *body,
+        [
+            (segment(-0.08, -0.46, -stance, 0.0, 0.045), legs),
+            (segment(0.08, -0.46, stance, 0.0, 0.045), legs),
+            (shorts, colours["shorts"]),
+            (ellipse(0.0, -0.68, 0.16, 0.17), colours["shirt"]),
+            (ellipse(0.0, -0.91, 0.085, 0.085), colours["hair"]),
+        ],
+    )
     sx, sy = _SHOULDER
     free = np.radians(per_frame(free_angle))
-    paint(
-        segment(-side * sx, sy, -side * (sx + _ARM * np.cos(free)), sy - _ARM * np.sin(free), 0.03),
-        colours["skin"],
-    )
     rad = np.radians(per_frame(racket_angle))
     cos, sin = side * np.cos(rad), -np.sin(rad)
     hand_x, hand_y = side * sx + _ARM * cos, sy + _ARM * sin
-    paint(segment(side * sx, sy, hand_x, hand_y, 0.03), colours["skin"])
-    paint(segment(hand_x, hand_y, hand_x + 0.18 * cos, hand_y + 0.18 * sin, 0.018), (20, 20, 20))
-    # Racket head: a coloured frame around light strings, the same make for every player.
-    head_x, head_y = side * sx + (_ARM + _RACKET) * cos, sy + (_ARM + _RACKET) * sin
-    paint(ellipse(head_x, head_y, 0.14, 0.095, cos, sin), colours["racket"])
-    paint(ellipse(head_x, head_y, 0.1, 0.06, cos, sin), (215, 215, 205))
+    arms = (span(-1.12, -0.44, feet_row, height), span(-0.49, 0.49, feet_col, width))
+    draw(
+        *arms,
+        [
+            (
+                segment(
+                    -side * sx,
+                    sy,
+                    -side * (sx + _ARM * np.cos(free)),
+                    sy - _ARM * np.sin(free),
+                    0.03,
+                ),
+                colours["skin"],
+            ),
+            (segment(side * sx, sy, hand_x, hand_y, 0.03), colours["skin"]),
+        ],
+    )
+    # Racket: shaft and head (a coloured frame around light strings, the same make for every
+    # player), drawn in a small box that follows it.
+    reach = _ARM + _RACKET
+    head_x, head_y = side * sx + reach * cos, sy + reach * sin
+    box = int(np.ceil(0.52 * size.max())) + 3
+    mid_x, mid_y = (side * sx + 0.53 * cos)[:, 0, 0], (sy + 0.53 * sin)[:, 0, 0]
+    rows = np.clip(np.round(feet_row + mid_y * size - box / 2).astype(int), 0, height - box)
+    cols = np.clip(np.round(feet_col + mid_x * size - box / 2).astype(int), 0, width - box)
+    draw(
+        rows[:, None] + np.arange(box),
+        cols[:, None] + np.arange(box),
+        [
+            (
+                segment(hand_x, hand_y, hand_x + 0.18 * cos, hand_y + 0.18 * sin, 0.018),
+                (20, 20, 20),
+            ),
+            (ellipse(head_x, head_y, 0.14, 0.095, cos, sin), colours["racket"]),
+            (ellipse(head_x, head_y, 0.1, 0.06, cos, sin), (215, 215, 205)),
+        ],
+    )
     canvas[index] = patch
 
 

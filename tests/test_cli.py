@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,6 +136,55 @@ def test_multirun_of_two_cpu_jobs(tmp_path):
     table = (sweep / "comparison" / "comparison.csv").read_text().splitlines()
     assert table[0].startswith("run,status,devices,strategy,per_device_batch,effective_batch")
     assert len(table) == 3
+
+    # ... and again on demand, from the store alone.
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tennis_exp.compare",
+            "--sweep-dir",
+            str(sweep),
+            "--tracking-uri",
+            _uri(tmp_path),
+            "--out",
+            str(tmp_path / "again"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "cpu-dp-bs8-lr1e-4" in again.stdout and "gpu1-dp-bs8-lr1e-4" in again.stdout
+    assert (tmp_path / "again" / "comparison.csv").read_text() == "\n".join(table) + "\n"
+
+
+def test_system_metrics_are_logged_when_asked(tmp_path):
+    out = run_cli(
+        [
+            *_smoke_args(tmp_path),
+            "hardware=cpu",
+            "tracking.system_metrics=true",
+            "training.epochs=4",
+            "training.max_batches=null",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"},
+    )
+    assert out.returncode == 0, out.stderr
+    _, [run] = _runs(tmp_path)
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    assert "system/system_memory_usage_megabytes" in run.data.metrics
+
+
+def test_runs_started_at_the_same_moment_get_their_own_directories(tmp_path):
+    args = [sys.executable, "-m", "tennis_exp", "hardware=gpu4", "dry_run=true"]
+    procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    dirs = list((tmp_path / "outputs").glob("*/*"))
+    assert len(dirs) == 2 and all((d / ".hydra" / "config.yaml").is_file() for d in dirs)
 
 
 def test_sweep_goes_on_past_a_failed_job(tmp_path):

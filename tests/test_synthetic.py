@@ -133,10 +133,26 @@ def test_small_preset_size_and_priors():
 def test_deterministic_by_seed(tiny: Path, tmp_path: Path):
     assert ensure_synthetic(tmp_path / "same", "tiny", seed=0, image_size=SIZE)
     assert digest(tmp_path / "same") == digest(tiny)
-    assert ensure_synthetic(tmp_path / "other", "tiny", seed=1, image_size=SIZE)
-    other = digest(tmp_path / "other")
-    assert other.keys() == digest(tiny).keys()  # the plan does not depend on the seed
-    assert sum(other[k] != v for k, v in digest(tiny).items()) > 0.9 * len(other)
+    # Another seed renders the same plan differently; a few videos are enough to see it, and
+    # writing them alone is also what a process pool does, so order cannot matter.
+    for index, video in enumerate(synthetic._plan("tiny")["val"][:5]):
+        (tmp_path / "other" / "val" / video.action).mkdir(parents=True, exist_ok=True)
+        synthetic._write_video((tmp_path / "other" / "val", 1, index, video, 0, SIZE))
+        synthetic._write_video(
+            (
+                tmp_path / "other" / "val",
+                1,
+                index,
+                video._replace(name=video.name + "_seed1"),
+                1,
+                SIZE,
+            )
+        )
+    other, first = digest(tmp_path / "other"), digest(tiny)
+    for name, value in other.items():
+        if "_seed1" not in name:
+            assert value == first[name]
+            assert other[name.replace("/frame", "_seed1/frame")] != value
 
 
 def test_ensure_skips_same_settings_and_regenerates_changed(tiny: Path, tmp_path: Path):
