@@ -20,6 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from tennis_exp.errors import UserError
 
 log = logging.getLogger(__name__)
+# MLflow announces the creation of a new SQLite store on stderr; a user mistake found right
+# after it would no longer be the one line on stderr.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 DEFAULT_STORE = "mlflow.db"
 _MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value

@@ -241,7 +241,10 @@ def test_dry_run_plans_a_four_gpu_job_on_a_laptop(tmp_path):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("hardware=gpu3", "Could not find 'hardware/gpu3'; valid options: colab, cpu, gpu1"),
+        (
+            "hardware=gpu3",
+            "Could not find 'hardware/gpu3'; valid options: colab, cpu, cpu_ddp2, gpu1, gpu2, gpu4",
+        ),
         (
             "training.batch_size=abc",
             "training.batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer",
