@@ -130,29 +130,20 @@ def test_small_preset_size_and_priors():
             assert small[split][event] / totals[split] == pytest.approx(prior, abs=0.01)
 
 
-def test_deterministic_by_seed(tiny: Path, tmp_path: Path):
+def test_deterministic_by_seed(tiny: Path, tmp_path: Path, monkeypatch):
+    # Through the process pool this time (where there are cores): the same bytes as the fixture's
+    # serial run, so neither the order of videos nor the worker matters.
+    monkeypatch.setattr(synthetic, "_POOL_MIN_FRAMES", 0)
     assert ensure_synthetic(tmp_path / "same", "tiny", seed=0, image_size=SIZE)
-    assert digest(tmp_path / "same") == digest(tiny)
-    # Another seed renders the same plan differently; a few videos are enough to see it, and
-    # writing them alone is also what a process pool does, so order cannot matter.
+    first = digest(tiny)
+    assert digest(tmp_path / "same") == first
+    # Another seed renders the same plan differently; a few videos show it.
     for index, video in enumerate(synthetic._plan("tiny")["val"][:5]):
-        (tmp_path / "other" / "val" / video.action).mkdir(parents=True, exist_ok=True)
-        synthetic._write_video((tmp_path / "other" / "val", 1, index, video, 0, SIZE))
-        synthetic._write_video(
-            (
-                tmp_path / "other" / "val",
-                1,
-                index,
-                video._replace(name=video.name + "_seed1"),
-                1,
-                SIZE,
-            )
-        )
-    other, first = digest(tmp_path / "other"), digest(tiny)
-    for name, value in other.items():
-        if "_seed1" not in name:
-            assert value == first[name]
-            assert other[name.replace("/frame", "_seed1/frame")] != value
+        (tmp_path / "other" / video.action).mkdir(parents=True, exist_ok=True)
+        synthetic._write_video((tmp_path / "other", 1, index, video, 1, SIZE))
+    other = digest(tmp_path / "other")
+    assert len(other) > 50
+    assert all(value != first[f"val/{name}"] for name, value in other.items())
 
 
 def test_ensure_skips_same_settings_and_regenerates_changed(tiny: Path, tmp_path: Path):
