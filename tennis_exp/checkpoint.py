@@ -8,6 +8,7 @@ The model state is always the unwrapped model's: no `module.` (DataParallel/DDP)
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import signal
@@ -55,6 +56,13 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(
+                f"no space left to write {path} ({err.strerror}); "
+                + ("the previous one is kept" if path.exists() else "nothing was written")
+            ) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -115,7 +115,7 @@ def test_atomic_save_keeps_the_previous_file_when_a_save_fails(tmp_path, monkeyp
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="no space left to write .*last.pth .*previous one is kept"):
         save_checkpoint(path, {"epoch": 2})
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temporary file left

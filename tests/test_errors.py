@@ -80,3 +80,26 @@ def test_out_of_memory_names_the_batch_and_the_fix(smoke_cfg, tmp_path, monkeypa
     assert "CUDA out of memory with 8 windows per device (training.batch_size=8" in message
     assert "lower training.batch_size" in message
     assert "hardware.batch_scaling=constant" in message
+
+
+def test_full_disk_mid_run_keeps_the_last_good_checkpoint(smoke_cfg, tmp_path, monkeypatch):
+    from tennis_exp import checkpoint
+
+    real_save, calls = torch.save, []
+
+    def save_until_the_disk_fills(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) > 2:  # epoch 1 wrote best.pth and last.pth; then the disk is full
+            raise OSError(28, "No space left on device")
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_until_the_disk_fills)
+    smoke_cfg.training.epochs = 3
+    with pytest.raises(UserError, match="no space left to write .*previous one is kept"):
+        train_module.train_process(smoke_cfg, tmp_path / "run", None, Dist())
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert checkpoint.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pth")["epoch"] == 1
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] in (
+        ["best.pth", "last.pth"],
+        ["last.pth", "best.pth"],
+    )
