@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -227,7 +228,14 @@ class Run:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        try:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UserError(
+                    f"no space left to store {path.name} in MLflow ({err.strerror})"
+                ) from None
+            raise
 
 
 def _interrupt(signum: int, frame: Any) -> None:

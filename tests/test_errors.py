@@ -103,3 +103,30 @@ def test_full_disk_mid_run_keeps_the_last_good_checkpoint(smoke_cfg, tmp_path, m
         ["best.pth", "last.pth"],
         ["last.pth", "best.pth"],
     )
+
+
+class _FullDiskClient:
+    """A real MLflow client whose artifact store has no space left."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def log_artifact(self, *args):
+        raise OSError(28, "No space left on device")
+
+
+def test_full_disk_while_storing_an_artifact_fails_the_run_in_one_line(tmp_path):
+    from tennis_exp.tracking import mlflow_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "resolved_config.yaml").write_text("seed: 1\n")
+    expected = "no space left to store resolved_config.yaml"
+    with pytest.raises(UserError, match=expected), mlflow_run(uri, "e", "x", {}) as run:
+        run.client = _FullDiskClient(run.client)
+        run.log_artifact(tmp_path / "resolved_config.yaml")
+    client = MlflowClient(uri)
+    [failed] = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    assert failed.info.status == "FAILED" and expected in failed.data.tags["error"]
