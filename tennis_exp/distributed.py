@@ -41,13 +41,12 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def all_reduce(self, values: list[float], device: torch.device, op: str = "sum") -> list[float]:
-        """Sum (or max) numbers over all ranks; identity when not distributed."""
+    def all_reduce(self, values: list[float], device: torch.device) -> list[float]:
+        """Sum numbers over all ranks; identity when not distributed."""
         if not self.active:
             return values
         tensor = torch.tensor(values, dtype=torch.float64, device=device)
-        reduce_op = torch_dist.ReduceOp.SUM if op == "sum" else torch_dist.ReduceOp.MAX
-        torch_dist.all_reduce(tensor, op=reduce_op)
+        torch_dist.all_reduce(tensor)
         return tensor.tolist()
 
     def all_reduce_tensor(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

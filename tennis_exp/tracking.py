@@ -222,11 +222,6 @@ class Run:
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=items)
 
-    def set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         try:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
