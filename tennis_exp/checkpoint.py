@@ -169,3 +169,27 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
+class StopSignal:
+    """SIGINT and SIGTERM as a request to stop: the training loop finishes its step, saves where
+    it is and exits, instead of being cut mid-step. A second signal stops at once."""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        self._previous = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.name:
+            raise KeyboardInterrupt(f"stopped by {self.name}")
+        self.name = signal.Signals(signum).name

@@ -56,6 +56,13 @@ class Accelerator(Enum):
     cpu = "cpu"
 
 
+class Precision(Enum):
+    auto = "auto"  # bf16 on a CUDA GPU that supports it, else fp32
+    fp32 = "fp32"
+    fp16 = "fp16"  # autocast with a gradient scaler; CUDA only
+    bf16 = "bf16"  # autocast, no scaler needed: bf16 has fp32's exponent range
+
+
 class Backbone(Enum):
     small_cnn = "small_cnn"
     resnet18 = "resnet18"
@@ -100,6 +107,10 @@ class ModelConfig:
     pretrained: bool = False
     weights_path: str | None = None
     freeze_backbone: bool = False
+    # A frozen backbone's per-frame features are computed once and stored under
+    # `feature_cache_dir`, keyed by the frames, the backbone's weights and the precision.
+    feature_cache: bool = True
+    feature_cache_dir: str = ".cache/features"
     lstm_hidden: int = 128
     lstm_layers: int = 2
     dropout: float = 0.3
@@ -116,6 +127,7 @@ class HardwareConfig:
     strategy: Strategy = Strategy.dp
     batch_scaling: BatchScaling = BatchScaling.per_device
     lr_scaling: LrScaling = LrScaling.linear
+    precision: Precision = Precision.auto
 
 
 @dataclass
@@ -130,6 +142,8 @@ class TrainingConfig:
     lr_patience: int = 3
     lr_factor: float = 0.5
     grad_clip: float | None = 1.0
+    # torch.compile the model (one device or DDP; not DataParallel).
+    compile: bool = False
     # Cap on batches per epoch and per evaluation (smoke runs); null means all.
     max_batches: int | None = None
 
@@ -209,6 +223,18 @@ def validate(cfg: DictConfig) -> None:
     for key in _FRACTIONS:
         if not 0 <= get(key) < 1:
             raise UserError(f"{key}={get(key)} is invalid: it must be in [0, 1)")
+    if cfg.model.freeze_backbone and cfg.model.feature_cache and not cfg.data.frame_cache:
+        raise UserError(
+            "model.feature_cache=true reads the frames from the frame cache: set "
+            "data.frame_cache=true, or model.feature_cache=false"
+        )
+    hw = cfg.hardware
+    if cfg.training.compile and hw.strategy is Strategy.dp and hw.devices > 1:
+        raise UserError(
+            f"training.compile=true does not work under DataParallel (hardware.devices="
+            f"{hw.devices}, hardware.strategy=dp): use hardware.strategy=ddp, or "
+            "training.compile=false"
+        )
     unknown = sorted(set(cfg.data.actions.values()) - set(cfg.data.events))
     if unknown:
         raise UserError(

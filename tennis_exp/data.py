@@ -269,6 +269,17 @@ class WindowDataset(Dataset):
         self._frames: np.ndarray | None = None  # the cache memmap, opened per process
         self._frames_pid: int | None = None
 
+    @property
+    def cache_file(self) -> Path | None:
+        return self._cache_file
+
+    def reading(self, per_frame: Path) -> WindowDataset:
+        """The same windows read from another array with one row per frame of the split
+        (a frozen backbone's features)."""
+        return WindowDataset(
+            self.index, self._window, self._image_size, per_frame, self._shuffle_seed
+        )
+
     def __len__(self) -> int:
         return len(self.index.windows)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from tennis_exp.config import Accelerator, BatchScaling, LrScaling, Strategy
+from tennis_exp.config import Accelerator, BatchScaling, LrScaling, Precision, Strategy
 from tennis_exp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,28 @@ def select_devices(hw, visible_cuda: int, dry_run: bool = False) -> DeviceSetup:
     return DeviceSetup(torch.device("cuda", 0), list(range(wanted)), strategy)
 
 
+def resolve_precision(requested: Precision, device_type: str, bf16_supported: bool) -> Precision:
+    """The precision a run computes in: `auto` is bf16 on a GPU that has it, else fp32."""
+    if device_type != "cuda":
+        if requested is Precision.fp16:
+            raise UserError(
+                "hardware.precision=fp16 needs a CUDA GPU (its gradient scaler is CUDA's); "
+                "on the CPU use bf16 or fp32"
+            )
+        return Precision.fp32 if requested is Precision.auto else requested
+    if requested is Precision.auto:
+        return Precision.bf16 if bf16_supported else Precision.fp32
+    if requested is Precision.bf16 and not bf16_supported:
+        raise UserError(
+            "hardware.precision=bf16: this GPU has no bfloat16 support; "
+            "use fp16 (with gradient scaling) or fp32"
+        )
+    return requested
+
+
+AUTOCAST_DTYPES = {Precision.fp16: torch.float16, Precision.bf16: torch.bfloat16}
+
+
 def wrap_model(model: nn.Module, setup: DeviceSetup, distributed: bool) -> nn.Module:
     """Move the model to its device; wrap it in DistributedDataParallel inside a process group,
     or in DataParallel when one process drives several GPUs."""
@@ -138,7 +160,11 @@ def wrap_model(model: nn.Module, setup: DeviceSetup, distributed: bool) -> nn.Mo
 
 
 def banner(
-    setup: DeviceSetup, plan: ScalingPlan, train_size: int | None, backend: str | None = None
+    setup: DeviceSetup,
+    plan: ScalingPlan,
+    precision: Precision,
+    train_size: int | None,
+    backend: str | None = None,
 ) -> list[str]:
     """The lines the users' old script printed, then the scaling plan (train_size None: dry run)."""
     lines = [f"Using device: {setup.device.type}"]
@@ -151,6 +177,7 @@ def banner(
         f"Strategy: ddp (backend {backend}, world size {plan.devices})"
         if setup.strategy is Strategy.ddp
         else "Strategy: dp",
+        f"Precision: {precision.value}",
         f"Train set: {train_size} samples"
         if train_size is not None
         else "Train set: not loaded (dry run; devices not checked)",

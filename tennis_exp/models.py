@@ -65,7 +65,8 @@ def resnet(name: str, pretrained: bool, weights_path: str | None) -> tuple[nn.Mo
 
 
 class CNNLSTM(nn.Module):
-    """uint8 frames [B, T, 3, H, W] -> event logits [B, classes]."""
+    """uint8 frames [B, T, 3, H, W], or their backbone features [B, T, D] (a frozen backbone's
+    feature cache), -> event logits [B, classes]."""
 
     def __init__(
         self,
@@ -117,8 +118,8 @@ class CNNLSTM(nn.Module):
             x = self.backbone(x)
         return x.view(b, t, -1)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(self.features(frames))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x if x.dim() == 3 else self.features(x))
         return self.fc(out[:, -1])
 
 

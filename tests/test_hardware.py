@@ -8,13 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from tennis_exp.config import BatchScaling, LrScaling, Strategy
+from tennis_exp.config import BatchScaling, LrScaling, Precision, Strategy
 from tennis_exp.errors import UserError
 from tennis_exp.hardware import (
     DeviceSetup,
     banner,
     loader_batch_size,
     plan_scaling,
+    resolve_precision,
     select_devices,
     wrap_model,
 )
@@ -138,14 +139,52 @@ def test_gpu2_does_not_fall_back():
 def test_dry_run_plans_without_devices():
     setup = select_devices(_hw("gpu4"), visible_cuda=0, dry_run=True)
     assert setup.device_ids == [0, 1, 2, 3]
-    lines = banner(setup, plan_scaling(32, 1e-4, 4, PD, LIN), train_size=None)
+    lines = banner(setup, plan_scaling(32, 1e-4, 4, PD, LIN), Precision.auto, train_size=None)
     assert lines[:3] == [
         "Using device: cuda",
         "Using 4 GPUs for training!",
         "GPU IDs: [0, 1, 2, 3]",
     ]
     assert "Effective batch size: 128" in lines
+    assert "Precision: auto" in lines
     assert any(line.startswith("Learning rate: 0.0004 (linear") for line in lines)
+
+
+@pytest.mark.parametrize(
+    "requested, device, bf16_supported, expected",
+    [
+        (Precision.auto, "cuda", True, Precision.bf16),  # A100, H100
+        (Precision.auto, "cuda", False, Precision.fp32),  # T4, V100
+        (Precision.auto, "cpu", False, Precision.fp32),
+        (Precision.fp16, "cuda", False, Precision.fp16),  # the colab profile on a T4
+        (Precision.fp16, "cuda", True, Precision.fp16),
+        (Precision.bf16, "cuda", True, Precision.bf16),
+        (Precision.bf16, "cpu", False, Precision.bf16),  # CPU autocast has bf16
+        (Precision.fp32, "cuda", True, Precision.fp32),
+        (Precision.fp32, "cpu", False, Precision.fp32),
+    ],
+)
+def test_precision_resolution(requested, device, bf16_supported, expected):
+    assert resolve_precision(requested, device, bf16_supported) is expected
+
+
+@pytest.mark.parametrize(
+    "requested, device, bf16_supported, message",
+    [
+        (Precision.fp16, "cpu", False, "hardware.precision=fp16 needs a CUDA GPU"),
+        (Precision.bf16, "cuda", False, "hardware.precision=bf16: this GPU has no bfloat16"),
+    ],
+)
+def test_precision_refused(requested, device, bf16_supported, message):
+    with pytest.raises(UserError, match=message):
+        resolve_precision(requested, device, bf16_supported)
+
+
+@pytest.mark.parametrize(
+    "profile, precision", [("gpu1", "auto"), ("gpu4", "auto"), ("colab", "fp16"), ("cpu", "fp32")]
+)
+def test_profile_precision(profile, precision):
+    assert compose_config([f"hardware={profile}"]).hardware.precision.value == precision
 
 
 def test_cpu_dataparallel_over_several_devices_is_refused():

@@ -1,4 +1,4 @@
-"""Killed with SIGTERM mid-run and resumed: the same MLflow run, the same numbers."""
+"""Killed with SIGTERM mid-epoch and resumed: the same MLflow run, the same numbers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import torch
 from mlflow.tracking import MlflowClient
@@ -55,7 +56,8 @@ def test_sigterm_then_resume_matches_a_straight_run(tmp_path):
     )
     for line in proc.stdout:
         if "epoch 1/3" in line:
-            proc.send_signal(signal.SIGTERM)  # a real kill, somewhere in epoch 2
+            time.sleep(1)  # epoch 2's 36 steps take longer
+            proc.send_signal(signal.SIGTERM)  # a real kill, in the middle of epoch 2
             break
     output = proc.stdout.read()
     assert proc.wait(timeout=120) != 0
@@ -63,11 +65,16 @@ def test_sigterm_then_resume_matches_a_straight_run(tmp_path):
     killed, _ = _only_run(tmp_path, "b.db")
     assert killed.info.status == "KILLED"
     last = torch.load(tmp_path / "interrupted" / "checkpoints" / "last.pth", weights_only=True)
-    assert last["epoch"] < 3  # the kill came before the end: there is something to resume
+    # Written at the signal: epoch 1 complete, and how far epoch 2 had got.
+    assert last["epoch"] == 1 and last["epoch_progress"]["epoch"] == 2
+    batches = last["epoch_progress"]["batches_done"]
 
     resumed = run_cli([f"resume={tmp_path / 'interrupted'}"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"Resuming {tmp_path / 'interrupted'} after epoch {last['epoch']}" in resumed.stdout
+    assert (
+        f"Resuming {tmp_path / 'interrupted'} after epoch 1 and {batches} batches of the next"
+        in resumed.stdout
+    )
 
     run, history = _only_run(tmp_path, "b.db")
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"

@@ -1,0 +1,157 @@
+"""Speed features: the frozen-backbone feature cache, mixed precision, the loader-bound warning."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from omegaconf import open_dict
+
+from tennis_exp import train as train_module
+from tennis_exp.config import Backbone, Precision
+from tennis_exp.distributed import Dist
+from tennis_exp.errors import UserError
+from tennis_exp.features import feature_file, weights_digest
+from tennis_exp.models import small_cnn
+
+from .conftest import compose_config
+
+CURVES = ["train/loss", "train/acc", "val/loss", "val/macro_f1"]
+
+
+def _frozen(cfg, tmp_path: Path, feature_cache: bool):
+    with open_dict(cfg):
+        cfg.model.backbone = Backbone.resnet18
+        cfg.model.freeze_backbone = True
+        cfg.model.feature_cache = feature_cache
+        cfg.model.feature_cache_dir = str(tmp_path / "features")
+        cfg.training.epochs = 2
+        cfg.tracking.uri = f"sqlite:///{tmp_path / f'cache-{feature_cache}.db'}"
+    return cfg
+
+
+def _curves(uri: str) -> dict[str, list[float]]:
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("tennis_4event").experiment_id])
+    assert run.info.status == "FINISHED"
+    keys = [*CURVES, "test/loss", "test/macro_f1"]
+    return {k: [m.value for m in client.get_metric_history(run.info.run_id, k)] for k in keys}
+
+
+def test_feature_cache_trains_exactly_like_the_backbone(smoke_cfg, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    plain = _frozen(copy.deepcopy(smoke_cfg), tmp_path, feature_cache=False)
+    train_module.train(plain, tmp_path / "plain")
+    assert not (tmp_path / "features").exists()
+    cached = _frozen(copy.deepcopy(smoke_cfg), tmp_path, feature_cache=True)
+    train_module.train(cached, tmp_path / "cached")
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "features").iterdir()) == [
+        "test",
+        "train",
+        "val",
+    ]
+    expected, got = _curves(plain.tracking.uri), _curves(cached.tracking.uri)
+    assert got.keys() == expected.keys()
+    for key in expected:  # the backbone saw other batch shapes: equal within float tolerance
+        assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-5), key
+
+    caplog.clear()
+    train_module.train(cached, tmp_path / "again")
+    assert caplog.text.count("reusing feature cache") == 3
+    assert "backbone features of" not in caplog.text
+
+
+def test_feature_cache_under_ddp_is_computed_by_rank_0(tmp_path):
+    cfg = compose_config(["debug=smoke", "hardware=cpu_ddp2"])
+    with open_dict(cfg):
+        cfg.data.root = str(tmp_path / "data")
+        cfg.data.cache_dir = str(tmp_path / "cache")
+    cfg = _frozen(cfg, tmp_path, feature_cache=True)
+    train_module.train(cfg, tmp_path / "run")
+    assert _curves(cfg.tracking.uri)["test/macro_f1"]
+    assert len(list((tmp_path / "features").iterdir())) == 3
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.count("backbone features of") == 3  # each split once, by rank 0
+
+
+def test_feature_cache_key_follows_frames_weights_and_precision(tmp_path):
+    backbone, _ = small_cnn()
+    weights = weights_digest(backbone)
+    frames = tmp_path / "train-64px-abc.npy"
+    path = feature_file(tmp_path, "train", frames, weights, Precision.fp32)
+    assert path == feature_file(tmp_path, "train", frames, weights, Precision.fp32)
+    with torch.no_grad():
+        backbone[1].running_mean += 1  # BatchNorm statistics are part of the weights
+    changed = [
+        feature_file(tmp_path, "train", frames, weights_digest(backbone), Precision.fp32),
+        feature_file(tmp_path, "train", tmp_path / "train-64px-abd.npy", weights, Precision.fp32),
+        feature_file(tmp_path, "train", frames, weights, Precision.bf16),
+    ]
+    assert len({path, *changed}) == 4
+
+
+def test_feature_cache_needs_the_frame_cache(smoke_cfg, tmp_path):
+    cfg = _frozen(smoke_cfg, tmp_path, feature_cache=True)
+    cfg.data.frame_cache = False
+    with pytest.raises(UserError, match="model.feature_cache=true reads the frames"):
+        train_module.train(cfg, tmp_path / "run")
+
+
+def test_bf16_autocast_trains_on_the_cpu(smoke_cfg, tmp_path):
+    smoke_cfg.hardware.precision = Precision.bf16
+    train_module.train(smoke_cfg, tmp_path / "run")
+    curves = _curves(smoke_cfg.tracking.uri)
+    assert all(torch.isfinite(torch.tensor(curves["train/loss"])))
+
+
+def test_fp16_on_the_cpu_is_refused(smoke_cfg, tmp_path):
+    smoke_cfg.hardware.precision = Precision.fp16
+    with pytest.raises(UserError, match="hardware.precision=fp16 needs a CUDA GPU"):
+        train_module.train_process(smoke_cfg, tmp_path / "run", None, Dist())
+
+
+def test_compile_under_dataparallel_is_refused(smoke_cfg, tmp_path):
+    smoke_cfg.training.compile = True
+    smoke_cfg.hardware.devices = 2
+    with pytest.raises(UserError, match="training.compile=true does not work under DataParallel"):
+        train_module.train(smoke_cfg, tmp_path / "run")
+
+
+class _Slow(torch.utils.data.Dataset):
+    """A dataset that takes far longer to load a window than the model takes to learn it."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        time.sleep(0.2)
+        return self.dataset[i]
+
+
+def test_a_slow_loader_is_reported(smoke_cfg, tmp_path, monkeypatch, caplog):
+    build = train_module.build_datasets
+    monkeypatch.setattr(
+        train_module,
+        "build_datasets",
+        lambda *a: {**build(*a), "train": _Slow(build(*a)["train"])},
+    )
+    smoke_cfg.training.max_batches = 6
+    train_module.train_process(smoke_cfg, tmp_path / "run", None, Dist())
+    assert "the data loader, not the model, is the bottleneck" in caplog.text
+    assert "raise training.num_workers (now 0)" in caplog.text
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_and_saves_plain_keys(smoke_cfg, tmp_path):
+    smoke_cfg.training.compile = True
+    train_module.train_process(smoke_cfg, tmp_path / "run", None, Dist())
+    state = torch.load(tmp_path / "run" / "checkpoints" / "best.pth", weights_only=True)
+    assert not any(k.startswith("_orig_mod.") for k in state["model_state_dict"])
