@@ -177,7 +177,9 @@ class Config:
 def register_configs() -> None:
     ConfigStore.instance().store(name="tennis_exp_schema", node=Config)
     # ${pid:} in output paths: processes started in the same microsecond still differ.
-    OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+    # Cached like Hydra's ${now:}: every submitit task then resolves the sweep dir to the one
+    # the sweep process chose, instead of a directory of its own.
+    OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
 
 
 def from_container(container: dict) -> DictConfig:

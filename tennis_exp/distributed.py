@@ -1,8 +1,9 @@
 """DistributedDataParallel: one process per device, started by PyTorch's elastic launcher.
 
 `python -m tennis_exp hardware.strategy=ddp` launches the workers itself (the job's process is
-the elastic agent and keeps the MLflow run); under `torchrun` every process is already a worker
-and the launch is skipped. Everything rank-dependent lives here.
+the elastic agent and keeps the MLflow run); under `torchrun`, or as one task of a submitit
+(SLURM) job with one task per device, every process is already a worker and the launch is
+skipped. Everything rank-dependent lives here.
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as torch_dist
 from omegaconf import DictConfig, OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from tennis_exp.config import Strategy
 from tennis_exp.errors import UserError
+
+if TYPE_CHECKING:
+    from submitit import JobEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +83,27 @@ class Dist:
 
 
 def launched_by_torchrun() -> bool:
+    """Whether a launcher already started this process as one rank: torchrun, or submitit
+    running several tasks (`hydra.launcher.tasks_per_node`), which `init_process_group` then
+    describes in torchrun's variables."""
+    return _torchrun() or _submitit_tasks() is not None
+
+
+def _torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def _submitit_tasks() -> JobEnvironment | None:
+    """submitit's JobEnvironment when this process is one of several tasks of its job.
+
+    A job of one task is not a worker: it launches its ranks itself, as on a workstation.
+    """
+    if "SUBMITIT_EXECUTOR" not in os.environ or _torchrun():
+        return None
+    import submitit  # installed: it started this process
+
+    job = submitit.JobEnvironment()
+    return job if job.num_tasks > 1 else None
 
 
 def backend(cfg: DictConfig) -> str:
@@ -88,7 +113,10 @@ def backend(cfg: DictConfig) -> str:
 
 
 def init_process_group(cfg: DictConfig) -> Dist:
-    """Join the job the launcher (ours or torchrun) set up through the environment."""
+    """Join the job the launcher (ours, torchrun or submitit) set up through the environment."""
+    job = _submitit_tasks()
+    if job is not None:
+        _export_submitit_env(cfg, job)
     dist = Dist(
         rank=int(os.environ["RANK"]),
         local_rank=int(os.environ["LOCAL_RANK"]),
@@ -96,9 +124,34 @@ def init_process_group(cfg: DictConfig) -> Dist:
     )
     if backend(cfg) == "nccl":
         torch.cuda.set_device(dist.local_rank)
+    if backend(cfg) == "gloo" and "OMP_NUM_THREADS" not in os.environ:  # torchrun sets it
+        # Ranks share the CPU: without this each one starts a thread per core.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
     if not torch_dist.is_initialized():
         torch_dist.init_process_group(backend(cfg))
+    if not dist.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the job
     return dist
+
+
+def _export_submitit_env(cfg: DictConfig, job: JobEnvironment) -> None:
+    """Check the job's tasks match the config, then set RANK, WORLD_SIZE, MASTER_ADDR... from
+    them: rank = the task's global rank, its GPU = the task's local rank on its node."""
+    from submitit.helpers import TorchDistributedEnvironment
+
+    per_node = job.num_tasks // job.num_nodes
+    if cfg.hardware.strategy is not Strategy.ddp:
+        raise UserError(
+            f"the submitit job runs {per_node} tasks per node, one DDP rank each: "
+            "add hardware.strategy=ddp, or use hydra.launcher.tasks_per_node=1"
+        )
+    if cfg.hardware.devices != per_node:
+        raise UserError(
+            f"hardware.devices={cfg.hardware.devices} but the submitit job runs {per_node} "
+            "tasks per node: make them equal (hydra/launcher=slurm_ddp does)"
+        )
+    # Every task keeps all of the node's GPUs visible and picks its own by LOCAL_RANK.
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
 def destroy_process_group() -> None:
@@ -162,9 +215,6 @@ def worker(container: dict, output_dir: str, run_id: str) -> float:
 
     cfg = from_container(container)  # a spawned process has no Hydra
     dist = init_process_group(cfg)
-    if backend(cfg) == "gloo":
-        # Ranks share the CPU: without this each one starts a thread per core.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
     setup_rank_logging(dist, Path(output_dir))
     try:
         return train_process(cfg, Path(output_dir), run_id, dist)

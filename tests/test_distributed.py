@@ -11,17 +11,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
+from tennis_exp import distributed
 from tennis_exp.checkpoint import load_model_weights
 from tennis_exp.data import build_datasets
 from tennis_exp.distributed import Dist
+from tennis_exp.errors import UserError
 from tennis_exp.hardware import DeviceSetup
 from tennis_exp.models import build_model
 from tennis_exp.train import evaluate, make_loader
 
-from .conftest import compose_config, run_cli
+from .conftest import CONF, compose_config, run_cli
 
 
 def _args(tmp_path, *extra):
@@ -138,6 +141,106 @@ def test_submitit_local_launcher_runs_a_job(tmp_path):
     [job] = [r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
     assert job.info.status == "FINISHED" and job.data.tags["hardware"] == "cpu"
     assert list((sweep / ".submitit").iterdir())  # submitit's own job records
+
+
+def test_submitit_one_task_per_device_sweep(tmp_path):
+    # hydra/launcher=local_ddp is slurm_ddp on this machine: submitit starts one task per
+    # device and every task is one rank; two jobs, each with its own process group.
+    sweep = tmp_path / "sweep"
+    out = run_cli(
+        [
+            "--multirun",
+            "hydra/launcher=local_ddp",
+            "hardware=cpu_ddp2",
+            "training.learning_rate=1e-4,2e-4",
+            *_args(tmp_path),
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    jobs = [r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.info.run_name for r in jobs) == [
+        "cpu_ddp2-ddp-bs16-lr2e-4",
+        "cpu_ddp2-ddp-bs16-lr4e-4",
+    ]
+    for run in jobs:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["scaling.world_size"] == "2"
+        assert run.data.params["scaling.per_device_batch_size"] == "8"
+        assert run.data.params["scaling.effective_batch_size"] == "16"
+    cfg = compose_config(_args(tmp_path, "hardware=cpu"))
+    for job in ("0-cpu_ddp2", "1-cpu_ddp2"):
+        assert not (sweep / job / "ranks").exists()  # the tasks were the ranks: no launch
+        load_model_weights(build_model(cfg.model, 4), sweep / job / "checkpoints" / "best.pth")
+    submitted = list((sweep / ".submitit").glob("[0-9]*"))  # one folder per job
+    assert len(submitted) == 2
+    for tasks in submitted:
+        logs = [(tasks / f"{tasks.name}_{k}_log.out").read_text() for k in (0, 1)]
+        assert "Strategy: ddp (backend gloo, world size 2)" in logs[0]
+        assert "Strategy" not in logs[1]  # rank 1 stays quiet
+
+
+def test_slurm_ddp_asks_for_a_task_and_a_gpu_per_device():
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose(
+            "config",
+            ["hydra/launcher=slurm_ddp", "hardware=gpu4", "hardware.strategy=ddp"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (1, 4, 4)
+
+
+def _submitit_task(monkeypatch, ntasks: int) -> None:
+    """The environment submitit's local executor gives task 0 of `ntasks`."""
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(key, raising=False)  # also restores what the export sets
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+    monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "4242")
+    monkeypatch.setenv("SUBMITIT_LOCAL_NTASKS", str(ntasks))
+    monkeypatch.setenv("SUBMITIT_LOCAL_JOB_NUM_NODES", "1")
+    monkeypatch.setenv("SUBMITIT_LOCAL_NODEID", "0")
+    monkeypatch.setenv("SUBMITIT_LOCAL_GLOBALID", "0")
+    monkeypatch.setenv("SUBMITIT_LOCAL_LOCALID", "0")
+
+
+def test_a_single_submitit_task_launches_its_ranks_itself(monkeypatch):
+    _submitit_task(monkeypatch, ntasks=1)
+    assert not distributed.launched_by_torchrun()
+
+
+def test_submitit_tasks_are_described_in_torchruns_variables(monkeypatch):
+    _submitit_task(monkeypatch, ntasks=2)
+    assert distributed.launched_by_torchrun()
+    distributed._export_submitit_env(
+        compose_config(["hardware=cpu_ddp2"]), distributed._submitit_tasks()
+    )
+    assert {k: os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")} == {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "2",
+        "LOCAL_WORLD_SIZE": "2",
+    }
+    assert os.environ["MASTER_PORT"] == "29999"  # a port the user chose is kept
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["hardware=cpu"], "add hardware.strategy=ddp"),
+        (["hardware=cpu", "hardware.strategy=ddp"], "hardware.devices=1 but the submitit job"),
+    ],
+)
+def test_submitit_tasks_that_do_not_match_the_config_are_a_user_error(
+    monkeypatch, overrides, message
+):
+    _submitit_task(monkeypatch, ntasks=2)
+    with pytest.raises(UserError, match=message):
+        distributed.init_process_group(compose_config(overrides))
 
 
 def test_torchrun_workers_do_not_launch_again(tmp_path):
