@@ -7,7 +7,7 @@ PORT   ?= 5000
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep ui compare test test-all lint clean
+.PHONY: help install train sweep ui compare bench test test-all lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -35,6 +35,9 @@ ui: $(STAMP) ## MLflow UI on the project's store, on 127.0.0.1 (PORT=5000)
 compare: $(STAMP) ## The speed table of the newest sweep (ARGS="--sweep-dir DIR" or "--all")
 	$(PY) -m tennis_exp.compare $(ARGS)
 
+bench: $(STAMP) ## Benchmarks against a bare PyTorch loop, table into bench/results/ (ARGS=--quick)
+	$(PY) -m bench.run $(ARGS)
+
 test: $(STAMP) ## The fast test suite (what CI runs)
 	$(PY) -m pytest -m "not slow"
 
@@ -42,7 +45,7 @@ test-all: $(STAMP) ## Every test, the slow ones too
 	$(PY) -m pytest
 
 lint: $(STAMP) ## ruff
-	$(PY) -m ruff check tennis_exp tests
+	$(PY) -m ruff check tennis_exp tests bench
 
 clean: ## Remove outputs, caches and the local MLflow store (keeps .venv)
 	rm -rf outputs multirun_outputs/*/ mlflow.db mlartifacts .cache data .pytest_cache
