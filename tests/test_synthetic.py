@@ -124,6 +124,8 @@ def test_small_preset_size_and_priors():
     totals = {split: sum(c.values()) for split, c in small.items()}
     assert 1000 <= totals["train"] <= 1400
     assert 200 <= totals["val"] <= 250 and 200 <= totals["test"] <= 250
+    # Spread over many short videos: from a few long ones a small CNN learns each video's look.
+    assert len(synthetic._plan("small")["train"]) >= totals["train"] // 2
     for split in SPLITS:
         for event in EVENTS:
             prior = full[split][event] / sum(full[split].values())
