@@ -50,6 +50,8 @@ def test_the_guides_have_commands():
 def test_guide_command_runs(tmp_path, guide, args):
     if any(a.startswith("resume=") for a in args):
         pytest.skip("resume needs an interrupted run: tests/test_resume.py runs it")
+    if any(a.startswith("hydra/launcher=") and "slurm" in a for a in args):
+        pytest.skip("needs a SLURM cluster: tests/test_distributed.py runs its local form")
     smoke = "debug=smoke" in args
     extra = [
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
