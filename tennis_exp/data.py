@@ -17,7 +17,9 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -198,14 +200,25 @@ def _fill_video(out: np.ndarray, paths: list[Path], image_size: int) -> None:
         out[i] = image.numpy()
 
 
-def _build_cache(index: SplitIndex, image_size: int, path: Path) -> None:
-    offsets = _frame_offsets(index)
+@contextmanager
+def written_atomically(path: Path) -> Iterator[str]:
+    """A private temporary file beside `path`, renamed into place when the block succeeds: a
+    killed build leaves no half-written file, and concurrent builders of the same file each
+    rename a complete, identical one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A private temp file renamed into place: a killed build leaves no half-written cache, and
-    # concurrent builders of the same key each rename a complete, identical file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     os.close(fd)
     try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _build_cache(index: SplitIndex, image_size: int, path: Path) -> None:
+    offsets = _frame_offsets(index)
+    with written_atomically(path) as tmp:
         out = np.lib.format.open_memmap(
             tmp, mode="w+", dtype=np.uint8, shape=(int(offsets[-1]), 3, image_size, image_size)
         )
@@ -223,10 +236,6 @@ def _build_cache(index: SplitIndex, image_size: int, path: Path) -> None:
                 raise
         out.flush()
         del out
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _ensure_cache(index: SplitIndex, image_size: int, cache_dir: Path) -> Path:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,7 +21,7 @@ import numpy as np
 import torch
 
 from tennis_exp.config import Precision
-from tennis_exp.data import WindowDataset
+from tennis_exp.data import WindowDataset, written_atomically
 from tennis_exp.distributed import Dist
 from tennis_exp.hardware import AUTOCAST_DTYPES
 from tennis_exp.models import CNNLSTM
@@ -98,27 +96,20 @@ def _compute(
         if precision in AUTOCAST_DTYPES
         else nullcontext()
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written to a private file and renamed into place, as the frame cache is.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(fd)
     try:
-        out = None
-        for start in range(0, len(frames), _CHUNK):
-            chunk = torch.from_numpy(np.array(frames[start : start + _CHUNK]))
-            with autocast:
-                features = model.features(chunk.to(device, non_blocking=True)[None])[0]
-            if out is None:
-                out = np.lib.format.open_memmap(
-                    tmp, mode="w+", dtype=np.float32, shape=(len(frames), features.shape[1])
-                )
-            out[start : start + len(chunk)] = features.float().cpu().numpy()
-        out.flush()
-        del out
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with written_atomically(path) as tmp:
+            out = None
+            for start in range(0, len(frames), _CHUNK):
+                chunk = torch.from_numpy(np.array(frames[start : start + _CHUNK]))
+                with autocast:
+                    features = model.features(chunk.to(device, non_blocking=True)[None])[0]
+                if out is None:
+                    out = np.lib.format.open_memmap(
+                        tmp, mode="w+", dtype=np.float32, shape=(len(frames), features.shape[1])
+                    )
+                out[start : start + len(chunk)] = features.float().cpu().numpy()
+            out.flush()
+            del out
     finally:
         model.train(was_training)
     return len(frames)
