@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 from tennis_exp.config import Precision
 from tennis_exp.data import WindowDataset, written_atomically
 from tennis_exp.distributed import Dist
-from tennis_exp.hardware import AUTOCAST_DTYPES
+from tennis_exp.hardware import autocast
 from tennis_exp.models import CNNLSTM
 
 log = logging.getLogger(__name__)
@@ -91,17 +90,12 @@ def _compute(
     frames = np.load(frames_file, mmap_mode="r")
     was_training = model.training
     model.eval()
-    autocast = (
-        torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
-        if precision in AUTOCAST_DTYPES
-        else nullcontext()
-    )
     try:
         with written_atomically(path) as tmp:
             out = None
             for start in range(0, len(frames), _CHUNK):
                 chunk = torch.from_numpy(np.array(frames[start : start + _CHUNK]))
-                with autocast:
+                with autocast(precision, device.type):
                     features = model.features(chunk.to(device, non_blocking=True)[None])[0]
                 if out is None:
                     out = np.lib.format.open_memmap(

@@ -142,7 +142,16 @@ def resolve_precision(requested: Precision, device_type: str, bf16_supported: bo
     return requested
 
 
-AUTOCAST_DTYPES = {Precision.fp16: torch.float16, Precision.bf16: torch.bfloat16}
+_AUTOCAST_DTYPES = {Precision.fp16: torch.float16, Precision.bf16: torch.bfloat16}
+
+
+def autocast(precision: Precision, device_type: str) -> torch.autocast:
+    """Autocast to the precision's dtype; a no-op for fp32."""
+    return torch.autocast(
+        device_type,
+        dtype=_AUTOCAST_DTYPES.get(precision),
+        enabled=precision in _AUTOCAST_DTYPES,
+    )
 
 
 def wrap_model(model: nn.Module, setup: DeviceSetup, distributed: bool) -> nn.Module:

@@ -36,9 +36,9 @@ from tennis_exp.distributed import Dist
 from tennis_exp.errors import UserError
 from tennis_exp.features import cached_features
 from tennis_exp.hardware import (
-    AUTOCAST_DTYPES,
     DeviceSetup,
     ScalingPlan,
+    autocast,
     banner,
     loader_batch_size,
     plan_scaling,
@@ -222,11 +222,6 @@ def train_process(
         )
     if tcfg.compile:
         model = torch.compile(model)
-    amp = {
-        "device_type": setup.device.type,
-        "dtype": AUTOCAST_DTYPES.get(precision),
-        "enabled": precision in AUTOCAST_DTYPES,
-    }
     scaler = torch.amp.GradScaler(setup.device.type, enabled=precision is Precision.fp16)
 
     batch = loader_batch_size(plan, hw.strategy)
@@ -342,7 +337,7 @@ def train_process(
                     frames = frames.to(setup.device, non_blocking=True)
                     labels = labels.to(setup.device, non_blocking=True)
                     try:
-                        with torch.autocast(**amp):
+                        with autocast(precision, setup.device.type):
                             logits = model(frames)
                             loss = F.cross_entropy(logits, labels)
                         optimizer.zero_grad(set_to_none=True)
@@ -422,7 +417,7 @@ def train_process(
                     "" if cfg.data.frame_cache else " and set data.frame_cache=true",
                 )
 
-            with torch.autocast(**amp):
+            with autocast(precision, setup.device.type):
                 val, _ = evaluate(model, loaders["val"], setup, events, tcfg.max_batches, dist)
             epoch_time = time.perf_counter() - start
             if step >= warmup_steps:
@@ -469,7 +464,7 @@ def train_process(
 
     dist.barrier()  # best.pth is written before any rank reads it
     load_model_weights(model, ckpt_dir / "best.pth")
-    with torch.autocast(**amp):
+    with autocast(precision, setup.device.type):
         test, cm = evaluate(model, loaders["test"], setup, events, tcfg.max_batches, dist)
     if dist.is_main:
         log.info("test (best val weights): acc %.3f macro-F1 %.3f", test["acc"], test["macro_f1"])

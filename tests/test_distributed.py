@@ -123,19 +123,16 @@ def test_multirun_single_process_then_ddp(tmp_path):
     assert (sweep / "1-cpu_ddp2" / "checkpoints" / "best.pth").is_file()
 
 
+def _sweep(tmp_path, sweep, *overrides):
+    return run_cli(
+        ["--multirun", *overrides, *_args(tmp_path), f"hydra.sweep.dir={sweep}"], cwd=tmp_path
+    )
+
+
 def test_submitit_local_launcher_runs_a_job(tmp_path):
     # The SLURM launcher's local mode: the job runs in a process submitit starts and watches.
     sweep = tmp_path / "sweep"
-    out = run_cli(
-        [
-            "--multirun",
-            "hydra/launcher=submitit_local",
-            "hardware=cpu",
-            *_args(tmp_path),
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=tmp_path,
-    )
+    out = _sweep(tmp_path, sweep, "hydra/launcher=submitit_local", "hardware=cpu")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Submitit 'local' sweep output dir" in out.stdout + out.stderr
     [job] = [r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
@@ -147,16 +144,12 @@ def test_submitit_one_task_per_device_sweep(tmp_path):
     # hydra/launcher=local_ddp is slurm_ddp on this machine: submitit starts one task per
     # device and every task is one rank; two jobs, each with its own process group.
     sweep = tmp_path / "sweep"
-    out = run_cli(
-        [
-            "--multirun",
-            "hydra/launcher=local_ddp",
-            "hardware=cpu_ddp2",
-            "training.learning_rate=1e-4,2e-4",
-            *_args(tmp_path),
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=tmp_path,
+    out = _sweep(
+        tmp_path,
+        sweep,
+        "hydra/launcher=local_ddp",
+        "hardware=cpu_ddp2",
+        "training.learning_rate=1e-4,2e-4",
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     jobs = [r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
