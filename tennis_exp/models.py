@@ -120,7 +120,13 @@ class CNNLSTM(nn.Module):
         return x.view(b, t, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(x if x.dim() == 3 else self.features(x))
+        if x.dim() != 3:
+            x = self.features(x)
+        elif torch.is_autocast_enabled(x.device.type):
+            # Cached features are stored in float32. Under autocast the backbone hands the LSTM
+            # its autocast dtype, and so do we: CPU autocast's LSTM fails on float32 input.
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        out, _ = self.lstm(x)
         return self.fc(out[:, -1])
 
 

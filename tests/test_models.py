@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tennis_exp.config import Precision
 from tennis_exp.errors import UserError
+from tennis_exp.hardware import autocast
 from tennis_exp.models import build_model
 
 from .conftest import compose_config
@@ -19,6 +21,18 @@ def test_uint8_windows_in_logits_out():
     model = _model()
     frames = torch.randint(0, 256, (3, 16, 3, 32, 32), dtype=torch.uint8)
     assert model(frames).shape == (3, 4)
+
+
+def test_cached_float32_features_take_the_autocast_dtype():
+    """The feature cache stores float32; under bf16 autocast the LSTM must see what the
+    backbone would hand it (bf16), which on the CPU is also what its LSTM accepts."""
+    model = _model("model.freeze_backbone=true").eval()
+    features = torch.randn(2, 16, model.lstm.input_size).bfloat16().float()  # as cached
+    with torch.no_grad(), autocast(Precision.bf16, "cpu"):
+        from_cache = model(features)
+        from_backbone_dtype = model(features.bfloat16())
+    assert from_cache.dtype == torch.bfloat16
+    torch.testing.assert_close(from_cache, from_backbone_dtype, rtol=0, atol=0)
 
 
 def test_frozen_backbone_keeps_weights_and_batchnorm_statistics():
