@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,13 +40,32 @@ _LAYOUT = "<split>/<action>/<video>/frame_%04d.jpg"
 _CACHE_VERSION = 2
 
 
+class VideoFrames(Sequence[Path]):
+    """One video's frame files in frame order: its folder and the files' names.
+
+    Paths are made on access: making one per frame was most of a warm scan's time.
+    """
+
+    def __init__(self, folder: str, names: list[str]) -> None:
+        self.folder = folder
+        self.names = names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int | slice) -> Path | list[Path]:
+        if isinstance(i, slice):
+            return [Path(self.folder, name) for name in self.names[i]]
+        return Path(self.folder, self.names[i])
+
+
 # eq=False: the generated __eq__ would compare numpy arrays, which has no single truth value.
 @dataclass(frozen=True, eq=False)
 class SplitIndex:
     """What scanning one split found."""
 
     split: str
-    videos: list[list[Path]]  # frame paths per usable video, in frame order
+    videos: list[VideoFrames]  # frame files per usable video
     video_labels: list[int]  # event index (position in data.events) per video
     windows: np.ndarray  # int64 [N, 2]: (video index, start frame)
     labels: np.ndarray  # int64 [N]: event index per window
@@ -58,22 +77,39 @@ class SplitIndex:
         return {event: int(n) for event, n in zip(events, counts, strict=True)}
 
 
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(Path(e.path) for e in os.scandir(folder) if e.is_dir())
+def _subdirs(folder: str) -> list[str]:
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if e.is_dir())
+
+
+_DIGIT_RUNS = re.compile(r"(\d+)")
+_ASCII_DIGITS_TO_0 = bytes.maketrans(b"123456789", b"0" * 9)
 
 
 def _natural_key(name: str) -> list:
     # frame_9999 sorts before frame_10000, should a video outgrow the %04d padding.
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    return [int(part) if part.isdigit() else part for part in _DIGIT_RUNS.split(name)]
 
 
-def _list_frames(video_dir: Path) -> list[Path]:
-    names = [
-        e.name
-        for e in os.scandir(video_dir)
-        if e.is_file() and e.name.lower().endswith(_FRAME_SUFFIXES)
-    ]
-    return [video_dir / name for name in sorted(names, key=_natural_key)]
+def _natural_sorted(names: list[str]) -> list[str]:
+    names.sort()
+    # Names that differ only in ASCII digits at the same places (frame_%04d.jpg) have aligned,
+    # equally long digit runs, which sort the same lexically as by number: the common case
+    # needs no per-name key. Bytes, as str.translate is 5x slower; surrogatepass never fails.
+    skeletons = {
+        name.encode("utf-8", "surrogatepass").translate(_ASCII_DIGITS_TO_0) for name in names
+    }
+    if len(skeletons) > 1:
+        names.sort(key=_natural_key)
+    return names
+
+
+def _list_frames(video_dir: str) -> VideoFrames:
+    with os.scandir(video_dir) as entries:
+        names = [
+            e.name for e in entries if e.name.lower().endswith(_FRAME_SUFFIXES) and e.is_file()
+        ]
+    return VideoFrames(video_dir, _natural_sorted(names))
 
 
 def scan_split(root: Path, split: str, data_cfg) -> SplitIndex:
@@ -86,14 +122,15 @@ def scan_split(root: Path, split: str, data_cfg) -> SplitIndex:
     event_index = {event: i for i, event in enumerate(data_cfg.events)}
     excluded = set(data_cfg.excluded)
 
-    videos: list[list[Path]] = []
+    videos: list[VideoFrames] = []
     video_labels: list[int] = []
     windows: list[tuple[int, int]] = []
     labels: list[int] = []
     skipped_short = skipped_excluded = 0
     skipped_actions: dict[str, int] = {}
-    for action_dir in _subdirs(split_dir):
-        action = action_dir.name
+    # Names and str paths, not Paths (see VideoFrames).
+    for action in _subdirs(str(split_dir)):
+        action_dir = os.path.join(split_dir, action)
         video_dirs = _subdirs(action_dir)
         # Excluded wins over a mapping, so a user can drop an action without editing the map.
         if action in excluded:
@@ -109,8 +146,8 @@ def scan_split(root: Path, split: str, data_cfg) -> SplitIndex:
                 f"valid events: {list(data_cfg.events)}"
             )
         label = event_index[event]
-        for video_dir in video_dirs:
-            frames = _list_frames(video_dir)
+        for video in video_dirs:
+            frames = _list_frames(os.path.join(action_dir, video))
             starts = range(0, len(frames) - window + 1, stride)
             if not starts:
                 skipped_short += 1
@@ -183,15 +220,21 @@ def _frame_offsets(index: SplitIndex) -> np.ndarray:
 
 
 def _cache_key(index: SplitIndex, image_size: int) -> str:
+    # Every frame's own size and mtime: rewriting a frame in place leaves its folder's mtime as
+    # it was. These stat calls are most of a warm start; str paths and one hash update per
+    # video keep the rest small.
     digest = hashlib.sha256(f"v{_CACHE_VERSION}\0{image_size}\n".encode())
     for frames in index.videos:
-        for path in frames:
-            stat = path.stat()
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        folder = os.path.join(frames.folder, "")
+        lines = []
+        for name in frames.names:
+            stat = os.stat(folder + name)
+            lines.append(f"{folder}{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n")
+        digest.update("".join(lines).encode())
     return digest.hexdigest()[:24]
 
 
-def _fill_video(out: np.ndarray, paths: list[Path], image_size: int) -> None:
+def _fill_video(out: np.ndarray, paths: VideoFrames, image_size: int) -> None:
     expected = None
     for i, path in enumerate(paths):
         image, size = _load_frame(path, image_size)
@@ -318,9 +361,10 @@ class WindowDataset(Dataset):
 
     def _decode(self, video: int, positions: slice | np.ndarray) -> torch.Tensor:
         # Without a cache, frame sizes can only be checked within the window being decoded.
-        paths = np.array(self.index.videos[video], dtype=object)[positions]
+        frames = self.index.videos[video]
         images, expected = [], None
-        for path in paths:
+        for i in np.arange(len(frames))[positions]:
+            path = frames[i]
             image, size = _load_frame(path, self._image_size)
             expected = expected or size
             _check_size(path, size, expected)

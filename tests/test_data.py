@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import random
 import re
 import sys
 import types
@@ -118,6 +119,44 @@ def test_frames_sorted_numerically_and_non_jpeg_ignored(tmp_path):
     assert [p.name for p in index.videos[0]] == [f"frame_{i}.jpg" for i in range(16)]
 
 
+def test_natural_sort_shortcut_agrees_with_the_key():
+    # Lexical order stands in for the natural key only when names differ in digits alone. Random
+    # names over digits and characters either side of them ('-' < '0' < 'a'): variations of one
+    # template in its digits (the shortcut), half the time with an unrelated name (the key).
+    rng = random.Random(0)
+    alphabet = "ab-_.0129"
+
+    def vary(template: str) -> str:
+        return "".join(rng.choice("0123456789") if c.isdigit() else c for c in template)
+
+    shortcuts = 0
+    for _ in range(3000):
+        template = "".join(rng.choices(alphabet, k=rng.randint(1, 6)))
+        names = {vary(template) for _ in range(rng.randint(2, 6))}
+        if rng.random() < 0.5:
+            names.add("".join(rng.choices(alphabet, k=rng.randint(1, 6))))
+        shortcuts += len({len(name) for name in names}) == 1
+        # Ties of the key (9, 09) keep lexical order.
+        expected = sorted(sorted(names), key=data._natural_key)
+        assert data._natural_sorted(list(names)) == expected, names
+    assert shortcuts > 1000
+    padded = [f"frame_{i:04d}.jpg" for i in (10, 2, 9999, 0)]
+    assert data._natural_sorted(padded + ["frame_10000.jpg"])[-2:] == [
+        "frame_9999.jpg",
+        "frame_10000.jpg",
+    ]
+
+
+def test_frame_paths(tmp_path):
+    root = make_tree(tmp_path / "d", {"train": {"smash": [16]}})
+    frames = scan_split(root, "train", make_cfg(root)).videos[0]
+    folder = root / "train" / "smash" / "v000"
+    assert frames[3] == folder / "frame_0003.jpg" and frames[-1] == folder / "frame_0015.jpg"
+    assert frames[1:3] == [folder / "frame_0001.jpg", folder / "frame_0002.jpg"]
+    assert list(frames) == sorted(folder.iterdir())
+    assert pickle.loads(pickle.dumps(frames))[0] == frames[0]
+
+
 def test_excluded_actions_ignored_silently(tmp_path, caplog):
     layout = {"train": {"smash": [16], "kick_service": [40, 40], "slice_service": [24]}}
     root = make_tree(tmp_path / "d", layout)
@@ -176,9 +215,9 @@ def test_real_train_split_window_counts(tmp_path, monkeypatch):
         for k, length in enumerate(lengths(spec)):
             (split_dir / action / f"v{k:03d}_L{length}").mkdir(parents=True)
 
-    def fake_list_frames(video_dir: Path) -> list[Path]:
-        length = int(video_dir.name.rsplit("_L", 1)[1])
-        return [video_dir / f"frame_{i:04d}.jpg" for i in range(length)]
+    def fake_list_frames(video_dir: str) -> data.VideoFrames:
+        length = int(video_dir.rsplit("_L", 1)[1])
+        return data.VideoFrames(video_dir, [f"frame_{i:04d}.jpg" for i in range(length)])
 
     monkeypatch.setattr(data, "_list_frames", fake_list_frames)
     cfg = make_cfg(tmp_path / "d")
@@ -330,6 +369,31 @@ def test_cache_reused_then_rebuilt_on_change(tmp_path, monkeypatch):
     write_video(root / "val" / "smash" / "v000", 21)  # a frame added (20 -> 21 frames)
     build_datasets(cfg, seed=0)
     assert len(cache_files(root)) == 6
+
+
+def test_cache_key_follows_every_frame(tmp_path):
+    root = make_tree(tmp_path / "d", {"train": {"smash": [16, 20]}})
+    cfg = make_cfg(root)
+
+    def key() -> str:
+        return data._cache_key(scan_split(root, "train", cfg), SIZE)
+
+    first = key()
+    assert key() == first
+    video = root / "train" / "smash" / "v001"
+    frame = video / "frame_0007.jpg"
+    stat, folder_mtime = frame.stat(), video.stat().st_mtime_ns
+    frame.write_bytes(frame.read_bytes() + b"\0")  # rewritten in place: new size, same mtime
+    os.utime(frame, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert video.stat().st_mtime_ns == folder_mtime  # so the folder's mtime cannot be the key
+    assert key() != first
+    frame.write_bytes(frame.read_bytes()[:-1])  # the size back, the mtime moved
+    os.utime(frame, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert key() != first
+    os.utime(frame, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert key() == first  # the same size and mtime again: the same key
+    (video / "frame_0019.jpg").unlink()
+    assert key() != first
 
 
 def test_concurrent_builds_of_one_cache(tmp_path):
