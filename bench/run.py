@@ -14,6 +14,11 @@ Every number is a median over epochs and repeats; every ratio divides numbers of
 5. The frozen-backbone feature cache: training steps with and without it, its build time, and
    the users' 50-epoch schedule with and without it.
 
+`--gpu` measures the GPU rows instead, on the users' frozen ResNet-50 baseline at 224 px:
+6. samples/s and peak GPU memory in fp32, bf16, fp16 and from the feature cache, the bare loop
+   beside the fp32 run, and the loader alone;
+7. (issue 4) DDP on one GPU against the DataParallel profile on the same GPU.
+
 A throughput row is a `Case` (a runner and config overrides) in CASES, a ratio of two of them is
 a `Ratio` in RATIOS: adding a comparison (say `hardware.precision=bf16` against `fp32`) is
 adding entries there. Data and frame caches live in --data-dir (default .cache/bench, kept
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -54,6 +60,7 @@ from tennis_exp.models import build_model
 from tennis_exp.tracking import Run, ensure_experiment
 from tennis_exp.train import TIMING_WARMUP_STEPS, make_loader, plan_run
 
+NAN = math.nan
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CONF = ROOT / "conf"
@@ -93,6 +100,19 @@ class Size:
 SIZES = {
     "default": Size("default", "small", 64, 32, epochs=3, max_batches=8, repeats=3, log_calls=20),
     # The smoke settings: seconds per case, for development and tests/test_bench.py.
+    # The users' frozen baseline on a GPU. Untrained weights: the machine may be offline, and
+    # speed does not depend on the weights.
+    "gpu": Size(
+        "gpu",
+        "small",
+        224,
+        32,
+        epochs=3,
+        max_batches=15,
+        repeats=1,
+        log_calls=0,
+        extra=("model=resnet50", "model.pretrained=false", "training.num_workers=8"),
+    ),
     "quick": Size(
         "quick",
         "tiny",
@@ -161,6 +181,40 @@ RATIOS = [
     Ratio(3, "frame cache speed-up: cached / JPEG decode (loader alone)", LOADER, LOADER_DECODE),
     Ratio(5, "feature cache speed-up per training step", FROZEN_CACHED, FROZEN_PLAIN),
 ]
+# GPU rows (--gpu): every case runs the gpu size's ResNet-50 baseline.
+GPU_FP32 = Case(6, "baseline, fp32", "run", ("model.feature_cache=false",))
+GPU_BARE = Case(6, "bare PyTorch loop on the baseline, fp32", "bare")
+GPU_BF16 = Case(
+    6, "baseline, bf16 autocast", "run", ("hardware.precision=bf16", "model.feature_cache=false")
+)
+GPU_FP16 = Case(
+    6,
+    "baseline, fp16 autocast + gradient scaler (the colab profile's precision)",
+    "run",
+    ("hardware.precision=fp16", "model.feature_cache=false"),
+)
+GPU_CACHED = Case(
+    6,
+    "baseline, bf16, from the feature cache",
+    "run",
+    ("hardware.precision=bf16", "model.feature_cache=true"),
+)
+GPU_DDP = Case(
+    7,
+    "baseline, bf16, `hardware.strategy=ddp` on 1 GPU (one worker process, NCCL)",
+    "run",
+    ("hardware.precision=bf16", "model.feature_cache=false", "hardware.strategy=ddp"),
+)
+GPU_LOADER = Case(3, "train loader alone at 224 px, frame cache", "loader")
+GPU_CASES = [GPU_FP32, GPU_BARE, GPU_BF16, GPU_FP16, GPU_CACHED, GPU_DDP, GPU_LOADER]
+GPU_RATIOS = [
+    Ratio(1, "full run / bare loop, fp32 on the GPU", GPU_FP32, GPU_BARE, at_least=0.97),
+    Ratio(6, "bf16 / fp32", GPU_BF16, GPU_FP32),
+    Ratio(6, "feature cache (bf16) / backbone every step (bf16)", GPU_CACHED, GPU_BF16),
+    Ratio(3, "loader alone / training (bf16)", GPU_LOADER, GPU_BF16, at_least=5.0),
+    # One GPU: the DataParallel profile leaves the model unwrapped, as the users' script did.
+    Ratio(7, "DDP / DataParallel profile, 1 GPU, bf16", GPU_DDP, GPU_BF16),
+]
 EPOCHS = 50  # the users' baseline schedule
 
 
@@ -182,6 +236,7 @@ class RunResult:
     samples_per_sec: list[float]
     epoch_time_s: list[float]
     log_times_s: list[float]  # when each epoch's metrics were logged (MLflow timestamps)
+    peak_mem_mb: float  # GPU 0's peak allocated memory over the epochs; NaN on the CPU
     first_step_s: float  # from the command's start to the start of the first training step
     first_step_end_s: float  # ... to the end of its optimizer step
 
@@ -220,8 +275,9 @@ def steady_rate(loader, steps: int, step: Callable, sync: Callable) -> float:
 
 
 class Bench:
-    def __init__(self, size: Size, data_dir: Path, work: Path) -> None:
+    def __init__(self, size: Size, cases: list[Case], data_dir: Path, work: Path) -> None:
         self.size = size
+        self.cases = cases
         self.work = work
         self.uri = f"sqlite:///{work / 'mlflow.db'}"
         self.cuda = torch.cuda.is_available()
@@ -257,7 +313,7 @@ class Bench:
     def prepare(self) -> None:
         """Generate the data, build the frame caches and create the MLflow store, so that no
         measurement pays for a first use."""
-        cfg = self.compose(FULL)
+        cfg = self.compose(self.cases[0])
         build_datasets(cfg.data, cfg.seed)
         ensure_experiment(self.uri, EXPERIMENT)
 
@@ -265,8 +321,8 @@ class Bench:
         self.samples[case] += self.runners[case.runner](case, repeat)
 
     def run_cli(self, case: Case, repeat: int) -> list[float]:
-        out_dir = self.work / "outputs" / f"{CASES.index(case)}-{repeat}"
-        stamp = self.work / f"first-step-{CASES.index(case)}-{repeat}"
+        out_dir = self.work / "outputs" / f"{self.cases.index(case)}-{repeat}"
+        stamp = self.work / f"first-step-{self.cases.index(case)}-{repeat}"
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
         env["BENCH_FIRST_STEP_FILE"] = str(stamp)
         started = time.time()
@@ -279,14 +335,16 @@ class Bench:
             return sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
 
         speed = history("perf/samples_per_sec")
-        first_step = json.loads(stamp.read_text())
+        # DDP trains in worker processes, which the probe does not reach: no stopwatch there.
+        first_step = json.loads(stamp.read_text()) if stamp.exists() else {}
         result = RunResult(
             run_id=run.info.run_id,
             samples_per_sec=[m.value for m in speed],
             epoch_time_s=[m.value for m in history("perf/epoch_time_s")],
             log_times_s=[m.timestamp / 1000 for m in speed],
-            first_step_s=first_step["start"] - started,
-            first_step_end_s=first_step["end"] - started,
+            peak_mem_mb=max((m.value for m in history("perf/peak_mem_mb/gpu0")), default=NAN),
+            first_step_s=first_step.get("start", NAN) - started,
+            first_step_end_s=first_step.get("end", NAN) - started,
         )
         self.runs[case].append(result)
         return result.samples_per_sec
@@ -351,12 +409,12 @@ class Bench:
 
     # Rows, per item.
 
-    def throughput_rows(self) -> list[Row]:
+    def throughput_rows(self, ratios: list[Ratio]) -> list[Row]:
         rows = [
             Row(c.item, f"{c.label}, samples/s", median(self.samples[c]), "samples/s")
-            for c in CASES
+            for c in self.cases
         ]
-        for r in RATIOS:
+        for r in ratios:
             value = median(self.samples[r.num]) / median(self.samples[r.den])
             if r.at_least is None:
                 rows.append(Row(r.item, r.label, value, "x"))
@@ -435,24 +493,26 @@ class Bench:
         ]
         return rows
 
-    def feature_cache_rows(self) -> list[Row]:
+    def feature_cache_rows(self, plain_case: Case, cached_case: Case) -> list[Row]:
         """The cache's one-time build, and what it saves over the users' 50-epoch schedule on
         this preset's training windows (evaluation left out)."""
-        cfg = self.compose(FROZEN_CACHED)
+        cfg = self.compose(cached_case)
         datasets = build_datasets(cfg.data, cfg.seed)
         device = torch.device("cuda" if self.cuda else "cpu")
         model = build_model(cfg.model, len(cfg.data.events)).to(device)
+        precision = Precision(cfg.hardware.precision)
         started = time.perf_counter()
-        cached_features(model, datasets, self.work / "features", Precision.fp32, device, Dist())
+        cached_features(model, datasets, self.work / "features", precision, device, Dist())
         self.sync()
         build = time.perf_counter() - started
         windows = len(datasets["train"])
-        plain = EPOCHS * windows / median(self.samples[FROZEN_PLAIN])
-        cached = build + EPOCHS * windows / median(self.samples[FROZEN_CACHED])
+        plain = EPOCHS * windows / median(self.samples[plain_case])
+        cached = build + EPOCHS * windows / median(self.samples[cached_case])
         return [
             Row(
                 5,
-                "feature cache build: every frame of the 3 splits through the backbone",
+                f"feature cache build ({precision.value}): every frame of the 3 splits through "
+                "the backbone",
                 build,
                 "s",
             ),
@@ -463,6 +523,12 @@ class Bench:
                 5, f"{EPOCHS} epochs from the feature cache, its build included", cached / 60, "min"
             ),
             Row(5, f"feature cache speed-up over {EPOCHS} epochs", plain / cached, "x"),
+        ]
+
+    def memory_rows(self) -> list[Row]:
+        return [
+            Row(c.item, f"{c.label}, peak GPU memory", median(r.peak_mem_mb for r in runs), "MiB")
+            for c, runs in self.runs.items()
         ]
 
     def logging_rows(self) -> list[Row]:
@@ -530,6 +596,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: well under a minute")
     parser.add_argument(
+        "--gpu", action="store_true", help="the GPU rows (items 6, 7) instead of the CPU ones"
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         default=ROOT / ".cache" / "bench",
@@ -537,28 +606,40 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
-    size = SIZES["quick" if args.quick else "default"]
+    if args.gpu and not torch.cuda.is_available():
+        parser.error("--gpu needs a CUDA GPU, and torch sees none")
+    size = SIZES["gpu" if args.gpu else "quick" if args.quick else "default"]
+    cases = GPU_CASES if args.gpu else CASES
     register_configs()
     started_at, load_before, clock = datetime.now().astimezone(), load(), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tennis-bench-") as tmp:
-        bench = Bench(size, args.data_dir.resolve(), Path(tmp))
+        bench = Bench(size, cases, args.data_dir.resolve(), Path(tmp))
         print("[bench] data, frame caches, MLflow store", end="", flush=True)
         bench.prepare()
         print(f" ({time.perf_counter() - clock:.1f} s)", flush=True)
         for repeat in range(size.repeats):
-            steps = [(c.label, partial(bench.measure, c, repeat)) for c in CASES]
-            for label, step in [*steps, ("startup phases", partial(bench.startup_phases, repeat))]:
+            steps = [(c.label, partial(bench.measure, c, repeat)) for c in cases]
+            if not args.gpu:
+                steps.append(("startup phases", partial(bench.startup_phases, repeat)))
+            for label, step in steps:
                 print(f"[bench] repeat {repeat + 1}/{size.repeats}: {label}", end="", flush=True)
                 started = time.perf_counter()
                 step()
                 print(f" ({time.perf_counter() - started:.1f} s)", flush=True)
-        rows = [
-            *bench.throughput_rows(),
-            *bench.feature_cache_rows(),
-            *bench.epoch_end_rows(),
-            *bench.startup_rows(),
-            *bench.logging_rows(),
-        ]
+        if args.gpu:
+            rows = [
+                *bench.throughput_rows(GPU_RATIOS),
+                *bench.memory_rows(),
+                *bench.feature_cache_rows(GPU_BF16, GPU_CACHED),
+            ]
+        else:
+            rows = [
+                *bench.throughput_rows(RATIOS),
+                *bench.feature_cache_rows(FROZEN_PLAIN, FROZEN_CACHED),
+                *bench.epoch_end_rows(),
+                *bench.startup_rows(),
+                *bench.logging_rows(),
+            ]
     lines = [
         f"## Benchmarks, {started_at:%Y-%m-%d %H:%M %Z}",
         "",
@@ -572,7 +653,7 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    path = args.results_dir / f"{started_at:%Y%m%d-%H%M%S}{'-quick' if args.quick else ''}.md"
+    path = args.results_dir / f"{started_at:%Y%m%d-%H%M%S}-{size.name}.md"
     path.write_text(text)
     print(f"[bench] written to {path}")
 
