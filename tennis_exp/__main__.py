@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from tennis_exp.config import register_configs
+from tennis_exp.tracking import sweep_failures
 
 log = logging.getLogger("tennis_exp")
 
@@ -49,8 +50,11 @@ def run(cfg: DictConfig) -> float:
             log.error(
                 "job %s (%s) failed: %s", hc.job.num, " ".join(hc.overrides.task), _failures[-1]
             )
+            from tennis_exp.distributed import process_rank
             from tennis_exp.tracking import record_failed_job
 
+            if process_rank() != 0:  # one DDP rank of the job: rank 0 records the job's failure
+                return float("nan")
             try:
                 record_failed_job(cfg, Path(hc.runtime.output_dir), hc.sweep.dir, _failures[-1])
             except Exception as tracking_err:  # the job's own error is the one to report
@@ -88,10 +92,12 @@ def main() -> None:
         if _show_traceback or not is_user_error(err):
             raise
         _failures.append(one_line(err))
-    if len(_failures) == 1:
-        sys.exit(f"Error: {_failures[0]}")
-    if _failures:
-        sys.exit(f"Error: {len(_failures)} jobs failed; the first: {_failures[0]}")
+    # Jobs that a submitit launcher ran in other processes are known by their FAILED runs.
+    failures = _failures or sweep_failures
+    if len(failures) == 1:
+        sys.exit(f"Error: {failures[0]}")
+    if failures:
+        sys.exit(f"Error: {len(failures)} jobs failed; the first: {failures[0]}")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +33,15 @@ if TYPE_CHECKING:
     from submitit import JobEnvironment
 
 log = logging.getLogger(__name__)
+
+# The first rank to fail leaves "<rank>\t<its one-line error>" under this key of the c10d store
+# the process group already uses. That store is served by rank 0's process (or torchrun's agent):
+# rank 0 can read it for as long as it lives, on any node, with no shared file system, and from
+# the moment the group exists (before rank 0 broadcasts the output directory). A failing rank
+# writes it before its process ends, so before any peer can see it gone.
+FAILURE_KEY = "tennis_exp/first_failure"
+# How long rank 0, having lost a peer, waits for that peer's error (a killed rank leaves none).
+PEER_ERROR_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -129,9 +143,19 @@ def init_process_group(cfg: DictConfig) -> Dist:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
     if not torch_dist.is_initialized():
         torch_dist.init_process_group(backend(cfg))
+    if backend(cfg) == "nccl":
+        _PeerWatch.start(dist)
     if not dist.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the job
     return dist
+
+
+def process_rank() -> int:
+    """This process's rank as its launcher numbered it, also before it joins the group."""
+    job = _submitit_tasks()
+    if job is not None:
+        return job.global_rank
+    return int(os.environ["RANK"]) if _torchrun() else 0
 
 
 def _export_submitit_env(cfg: DictConfig, job: JobEnvironment) -> None:
@@ -155,8 +179,125 @@ def _export_submitit_env(cfg: DictConfig, job: JobEnvironment) -> None:
 
 
 def destroy_process_group() -> None:
+    _PeerWatch.stop()
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.destroy_process_group()
+
+
+@contextmanager
+def failures_shared(dist: Dist) -> Iterator[None]:
+    """Tell the other ranks why this one failed; on rank 0, report a lost peer as its error.
+
+    Once a failed rank's process is gone, the others' collectives fail with no more than
+    "Connection closed by peer". Rank 0, which keeps the MLflow run and returns the job's
+    result, raises the failing rank's own error instead, as a DistributedFailure.
+    """
+    try:
+        yield
+    except Exception as err:
+        if not dist.active:
+            raise
+        if not _lost_peer(err):
+            _publish_failure(dist, err)
+        elif dist.is_main:
+            failure = _peer_failure(dist)
+            if failure is not None:
+                raise failure from None
+        raise
+
+
+def _lost_peer(err: Exception) -> bool:
+    """Whether a collective failed because another rank went away: gloo says so in a plain
+    RuntimeError from its transport, NCCL and an aborted group in a DistError."""
+    return isinstance(err, torch_dist.DistError) or (
+        isinstance(err, RuntimeError) and "gloo" in str(err)
+    )
+
+
+def _publish_failure(dist: Dist, err: Exception) -> None:
+    text = str(err).strip()
+    message = text.splitlines()[0] if text else type(err).__name__
+    if not isinstance(err, UserError):
+        message = f"{type(err).__name__}: {message}"
+    job = _submitit_tasks()
+    if job is not None:
+        message += f" (its log is {job.paths.stdout})"
+        if not dist.is_main and not isinstance(err, UserError):
+            # submitit returns rank 0's result alone: this traceback would be shown nowhere.
+            log.error("rank %d failed", dist.rank, exc_info=err)
+    try:
+        store = torch_dist.distributed_c10d._get_default_store()
+        store.set_timeout(timedelta(seconds=10))  # a store gone with rank 0 must not hold us
+        store.compare_set(FAILURE_KEY, "", f"{dist.rank}\t{message}")
+    except Exception as store_err:  # this rank's own error is the one to raise
+        log.warning("could not tell the other ranks why rank %d failed: %s", dist.rank, store_err)
+
+
+def _peer_failure(dist: Dist) -> DistributedFailure | None:
+    """The error of the rank that failed first, if another rank failed."""
+    deadline = time.monotonic() + PEER_ERROR_WAIT_S
+    try:
+        store = torch_dist.distributed_c10d._get_default_store()
+        while not store.check([FAILURE_KEY]):
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.1)
+        rank, message = store.get(FAILURE_KEY).decode().split("\t", 1)
+    except Exception:  # no store to ask: the lost peer stays the error
+        return None
+    if int(rank) == dist.rank:
+        return None
+    return DistributedFailure(f"rank {rank} of {dist.world_size} failed: {message}")
+
+
+class _PeerWatch:
+    """On NCCL, abort this rank's process group as soon as another rank has failed.
+
+    A gloo collective fails as soon as a failed rank's process has ended and closed its
+    sockets, which every failure path here comes to quickly. An NCCL collective notices no such
+    thing: it would wait for the group's timeout (10 minutes). So on NCCL a thread polls the
+    failure key and aborts the communicators, which fails the pending collective at once; it
+    then goes the way of gloo's (`failures_shared`). Not run here: no GPUs in the tests.
+    """
+
+    POLL_S = 1.0
+    _current: _PeerWatch | None = None
+
+    def __init__(self, dist: Dist) -> None:
+        self.rank = dist.rank
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(
+            target=self._watch, name="tennis-exp-peer-watch", daemon=True
+        )
+
+    @classmethod
+    def start(cls, dist: Dist) -> None:
+        cls.stop()
+        cls._current = cls(dist)
+        cls._current.thread.start()
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls._current is not None:
+            cls._current.stopped.set()
+            # Not for ever: a store whose host vanished may hold the thread in a store call.
+            cls._current.thread.join(timeout=5)
+            cls._current = None
+
+    def _watch(self) -> None:
+        store = torch_dist.distributed_c10d._get_default_store()
+        group = torch_dist.distributed_c10d._get_default_group()
+        while not self.stopped.wait(self.POLL_S):
+            try:
+                if not store.check([FAILURE_KEY]):
+                    continue
+                failed = int(store.get(FAILURE_KEY).decode().split("\t", 1)[0])
+            except Exception:  # the store ended with rank 0's process: nothing left to watch
+                return
+            if failed != self.rank and not self.stopped.is_set():
+                log.warning("rank %d failed: aborting this rank's process group", failed)
+                group.abort()
+            return
 
 
 def launch(cfg: DictConfig, output_dir: Path, run_id: str, nprocs: int) -> float:

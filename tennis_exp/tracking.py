@@ -32,6 +32,9 @@ _PARAMS_PER_CALL = 100  # MLflow's limit on params in one log_batch
 
 SWEEP_ROLE_TAG = "tennis_exp.role"  # "sweep" on a multirun's parent run
 
+# The errors of the last sweep's failed jobs, in the order they started (see SweepTracking).
+sweep_failures: list[str] = []
+
 
 def default_tracking_uri() -> str:
     """$MLFLOW_TRACKING_URI, else a SQLite store in the launch directory."""
@@ -160,6 +163,13 @@ class SweepTracking(Callback):
         log.info("Sweep of %d job(s):\n%s", len(rows), to_text(rows))
         failed = any(r.status != "FINISHED" for r in rows)
         client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+        # A job that failed on a user error returned NaN so that the sweep went on; one that a
+        # submitit launcher ran in another process can only tell this process through its run.
+        sweep_failures[:] = [
+            run.data.tags.get("error", f"{run.info.run_name} failed")
+            for run in sorted(children, key=lambda r: r.info.start_time)
+            if run.info.status == "FAILED"
+        ]
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -298,7 +308,9 @@ def mlflow_run(
         yield run
     except BaseException as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        client.set_tag(info.run_id, "error", f"{type(err).__name__}: {message}"[:5000])
+        if not isinstance(err, UserError):  # a user mistake reads as on the console
+            message = f"{type(err).__name__}: {message}"
+        client.set_tag(info.run_id, "error", message[:5000])
         # A signal to the whole process group also kills loader workers, whose death then
         # surfaces while the interrupt is being handled: still an interruption.
         interrupts = (KeyboardInterrupt, SignalException)

@@ -77,33 +77,34 @@ def train(
     hw = cfg.hardware
     dist = distributed.init_process_group(cfg) if distributed.launched_by_torchrun() else Dist()
     try:
-        if dist.active and hw.strategy is not Strategy.ddp:
-            raise UserError("torchrun starts DDP workers: add hardware.strategy=ddp")
-        if dist.active and hw.devices != int(os.environ["LOCAL_WORLD_SIZE"]):
-            raise UserError(
-                f"hardware.devices={hw.devices} but torchrun started "
-                f"{os.environ['LOCAL_WORLD_SIZE']} process(es) per node: make them equal"
-            )
-        plan, setup, precision = plan_run(cfg, dist)
-        if cfg.dry_run:
-            for line in banner(setup, plan, precision, None, distributed.backend(cfg)):
-                log.info(line)
-            log.info("Dry run: nothing trained")
-            return float("nan")
+        with distributed.failures_shared(dist):
+            if dist.active and hw.strategy is not Strategy.ddp:
+                raise UserError("torchrun starts DDP workers: add hardware.strategy=ddp")
+            if dist.active and hw.devices != int(os.environ["LOCAL_WORLD_SIZE"]):
+                raise UserError(
+                    f"hardware.devices={hw.devices} but torchrun started "
+                    f"{os.environ['LOCAL_WORLD_SIZE']} process(es) per node: make them equal"
+                )
+            plan, setup, precision = plan_run(cfg, dist)
+            if cfg.dry_run:
+                for line in banner(setup, plan, precision, None, distributed.backend(cfg)):
+                    log.info(line)
+                log.info("Dry run: nothing trained")
+                return float("nan")
 
-        uri = tracking_uri(cfg)
-        if dist.is_main:
-            ensure_experiment(uri, cfg.experiment_name)  # a bad store fails before any work
-        # Rank 0 generates data and builds caches; the other ranks then find them ready.
-        if not dist.is_main:
-            dist.barrier()
-        datasets = build_datasets(cfg.data, cfg.seed)
-        if dist.is_main:
-            dist.barrier()
-            train_size = len(datasets["train"])
-            for line in banner(setup, plan, precision, train_size, distributed.backend(cfg)):
-                log.info(line)
-        output_dir = Path(dist.broadcast(str(output_dir)))  # torchrun ranks share rank 0's dir
+            uri = tracking_uri(cfg)
+            if dist.is_main:
+                ensure_experiment(uri, cfg.experiment_name)  # a bad store fails before any work
+            # Rank 0 generates data and builds caches; the other ranks then find them ready.
+            if not dist.is_main:
+                dist.barrier()
+            datasets = build_datasets(cfg.data, cfg.seed)
+            if dist.is_main:
+                dist.barrier()
+                train_size = len(datasets["train"])
+                for line in banner(setup, plan, precision, train_size, distributed.backend(cfg)):
+                    log.info(line)
+            output_dir = Path(dist.broadcast(str(output_dir)))  # torchrun ranks share rank 0's dir
         if not dist.is_main:
             return train_process(cfg, output_dir, None, dist, datasets)
 
@@ -197,7 +198,14 @@ def train_process(
     cfg: DictConfig, output_dir: Path, run_id: str | None, dist: Dist, datasets=None
 ) -> float:
     """The training loop of one process: the only one, or one DDP rank (rank 0 logs to MLflow,
-    writes checkpoints and returns the result)."""
+    writes checkpoints and returns the result). A rank's failure is shared with the others."""
+    with distributed.failures_shared(dist):
+        return _training_loop(cfg, output_dir, run_id, dist, datasets)
+
+
+def _training_loop(
+    cfg: DictConfig, output_dir: Path, run_id: str | None, dist: Dist, datasets
+) -> float:
     hw, tcfg = cfg.hardware, cfg.training
     events = list(cfg.data.events)
     plan, setup, precision = plan_run(cfg, dist)

@@ -6,11 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as torch_dist
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
@@ -27,11 +30,11 @@ from tennis_exp.train import evaluate, make_loader
 from .conftest import CONF, compose_config, run_cli
 
 
-def _args(tmp_path, *extra):
+def _args(tmp_path, *extra, data_root=None):
     return [
         "debug=smoke",
         "training.max_batches=null",  # the whole splits: the test metric is compared exactly
-        f"data.root={tmp_path / 'data'}",
+        f"data.root={data_root or tmp_path / 'data'}",
         f"data.cache_dir={tmp_path / 'cache'}",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
         *extra,
@@ -79,17 +82,21 @@ def test_two_gloo_processes_train_one_run(tmp_path):
     assert run.data.metrics["test/loss"] == pytest.approx(metrics["loss"], rel=1e-5)
 
 
-def test_a_failing_rank_stops_the_job_and_fails_the_run(tmp_path):
-    # Generate the data, then break one val frame that only rank 1 reads (odd window index),
-    # and read frames from JPEG so the break surfaces in that rank alone, mid-training.
+def _break_a_frame_of_rank_1(tmp_path, root):
+    """Generate the data under `root`, then break one val frame that only rank 1 of 2 reads (an
+    odd window); with data.frame_cache=false the break surfaces in that rank alone, mid-run."""
     cfg = compose_config(_args(tmp_path))
     with open_dict(cfg):
-        cfg.data.root, cfg.data.cache_dir = str(tmp_path / "data"), str(tmp_path / "cache")
+        cfg.data.root, cfg.data.cache_dir = str(root), str(tmp_path / "cache")
     index = build_datasets(cfg.data, cfg.seed)["val"].index
     video, start = index.windows[1]
     broken = index.videos[video][start + 3]
     broken.write_bytes(b"not a jpeg")
+    return broken
 
+
+def test_a_failing_rank_stops_the_job_and_fails_the_run(tmp_path):
+    broken = _break_a_frame_of_rank_1(tmp_path, tmp_path / "data")
     out = run_cli(
         _args(
             tmp_path,
@@ -172,6 +179,93 @@ def test_submitit_one_task_per_device_sweep(tmp_path):
         logs = [(tasks / f"{tasks.name}_{k}_log.out").read_text() for k in (0, 1)]
         assert "Strategy: ddp (backend gloo, world size 2)" in logs[0]
         assert "Strategy" not in logs[1]  # rank 1 stays quiet
+
+
+def test_a_failing_submitit_rank_fails_its_job_and_the_sweep_goes_on(tmp_path):
+    # slurm_ddp's local twin: each task is one rank and nothing supervises them, so rank 1's
+    # error must reach rank 0 (which keeps the run) and both must stop, soon.
+    bad, good = tmp_path / "bad", tmp_path / "good"
+    broken = _break_a_frame_of_rank_1(tmp_path, bad)
+    sweep = tmp_path / "sweep"
+    out = run_cli(
+        [
+            "--multirun",
+            "hydra/launcher=local_ddp",
+            "hardware=cpu_ddp2",
+            "data.frame_cache=false",
+            *_args(tmp_path, data_root=f"{bad},{good}"),
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        timeout=240,  # a rank left waiting on its lost peer would hang the sweep
+    )
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: rank 1 of 2 failed: frame ") and broken.name in last
+    assert "not a readable JPEG" in last and "Traceback" not in out.stderr
+    assert (out.stdout + out.stderr).count("not a readable JPEG") == 1  # rank 1 kept quiet
+
+    runs = [r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
+    jobs = {r.data.params["data.root"]: r for r in runs}
+    assert jobs[str(bad)].info.status == "FAILED"
+    assert jobs[str(bad)].data.tags["error"] == last.removeprefix("Error: ")
+    assert jobs[str(good)].info.status == "FINISHED"  # the sweep went on
+
+    # Rank 0 stopped within seconds of rank 1's failure (it used to wait for its lost peer).
+    [logs] = [
+        job
+        for job in (sweep / ".submitit").glob("[0-9]*")
+        if "][ERROR]" in (job / f"{job.name}_1_log.out").read_text()
+    ]
+    failed_at = [_logged_error_time(logs / f"{logs.name}_{rank}_log.out") for rank in (0, 1)]
+    assert 0 <= failed_at[0] - failed_at[1] < 15
+
+
+def _logged_error_time(log: Path) -> float:
+    """When a task logged its job's failure (its first ERROR line)."""
+    line = next(line for line in log.read_text().splitlines() if "][ERROR]" in line)
+    return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def test_a_user_error_in_a_submitit_job_fails_the_sweep(tmp_path):
+    # The job runs in a process submitit starts: its failure reaches the command by its run.
+    out = run_cli(
+        [
+            "--multirun",
+            "hydra/launcher=submitit_local",
+            "hardware=gpu2",
+            *_args(tmp_path),
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=tmp_path,
+        env={"CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: hardware=gpu2 needs 2 CUDA device(s) but 0 visible")
+    [job] = [r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
+    assert job.info.status == "FAILED"
+
+
+@pytest.mark.parametrize(("failed_rank", "aborts"), [(1, True), (0, False)])
+def test_on_nccl_another_ranks_failure_aborts_the_group(monkeypatch, failed_rank, aborts):
+    # No GPUs here: the watch NCCL needs runs on a one-process gloo group, its abort recorded.
+    store = torch_dist.TCPStore("127.0.0.1", 0, 1, is_master=True)
+    torch_dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    aborted = threading.Event()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(torch_dist.ProcessGroup, "abort", lambda group: aborted.set())
+            patch.setattr(distributed._PeerWatch, "POLL_S", 0.05)
+            distributed._PeerWatch.start(Dist(rank=0, world_size=2))
+            watch = distributed._PeerWatch._current
+            assert not aborted.wait(0.3)  # nobody failed
+            shared = torch_dist.distributed_c10d._get_default_store()
+            shared.set(distributed.FAILURE_KEY, f"{failed_rank}\tboom")
+            watch.thread.join(5)  # a failure ends the watch, whoever failed
+            assert not watch.thread.is_alive() and aborted.is_set() is aborts
+    finally:
+        distributed.destroy_process_group()  # also stops the watch
 
 
 def test_slurm_ddp_asks_for_a_task_and_a_gpu_per_device():
