@@ -380,7 +380,7 @@ class Bench:
         setup = plan_run(cfg, Dist())[1]
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.seed))
         loader = make_loader(
-            dataset, cfg.training.batch_size, cfg.training.num_workers, setup, cfg.seed, sampler
+            dataset, cfg.training.batch_size, cfg.training, setup, cfg.seed, sampler
         )
         return [
             steady_rate(loader, len(loader), lambda *_: None, self.sync)

@@ -77,7 +77,7 @@ def main() -> None:
         loader = make_loader(
             datasets["train"],
             cfg.training.batch_size,
-            cfg.training.num_workers,
+            cfg.training,
             setup,
             cfg.seed,
             sampler=sampler,

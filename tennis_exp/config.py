@@ -137,6 +137,9 @@ class TrainingConfig:
     weight_decay: float = 0.0
     epochs: int = 20
     num_workers: int = 2
+    # Batches each worker keeps ready (PyTorch's default is 2). 4 kept 8 workers at 224 px on
+    # an H200 machine 26% faster; each batch held costs its size in shared memory.
+    prefetch_factor: int = 4
     # Linear warmup length, used only when the LR was scaled up.
     warmup_epochs: int = 1
     lr_patience: int = 3
@@ -192,6 +195,7 @@ _MINIMUMS: list[tuple[str, Any]] = [
     ("training.batch_size", 1),
     ("training.epochs", 1),
     ("training.num_workers", 0),
+    ("training.prefetch_factor", 1),
     ("training.warmup_epochs", 0),
     ("training.max_batches", 1),
     ("hardware.devices", 1),

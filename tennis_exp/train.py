@@ -242,14 +242,14 @@ def _training_loop(
     )
     loaders = {
         "train": make_loader(
-            datasets["train"], batch, tcfg.num_workers, setup, cfg.seed, sampler=train_sampler
+            datasets["train"], batch, tcfg, setup, cfg.seed, sampler=train_sampler
         ),
         # Each rank evaluates every world_size-th window: the split exactly once, no padding.
         **{
             split: make_loader(
                 Subset(datasets[split], range(dist.rank, len(datasets[split]), dist.world_size)),
                 batch,
-                tcfg.num_workers,
+                tcfg,
                 setup,
                 cfg.seed,
             )
@@ -532,14 +532,17 @@ def evaluate(
     return {"loss": loss_sum / max(seen, 1), **classification_metrics(cm, events)}, cm
 
 
-def make_loader(dataset, batch_size, num_workers, setup: DeviceSetup, seed: int, sampler=None):
+def make_loader(dataset, batch_size, training, setup: DeviceSetup, seed: int, sampler=None):
+    """`training`: the run's training config (its num_workers and prefetch_factor)."""
+    workers = training.num_workers
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=num_workers,
+        num_workers=workers,
         pin_memory=setup.device.type == "cuda",
-        persistent_workers=num_workers > 0,
+        persistent_workers=workers > 0,
+        prefetch_factor=training.prefetch_factor if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
     )
 

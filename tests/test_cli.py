@@ -253,6 +253,7 @@ def test_dry_run_plans_a_four_gpu_job_on_a_laptop(tmp_path):
         ("training.batch_size=-4", "training.batch_size=-4 is invalid"),
         ("training.learning_rate=-1", "training.learning_rate=-1.0 is invalid: it must be > 0"),
         ("training.epochs=0", "training.epochs=0 is invalid"),
+        ("training.prefetch_factor=0", "training.prefetch_factor=0 is invalid: it must be an"),
         ("hardware.devices=0", "hardware.devices=0 is invalid"),
         ("hardware.strategy=foo", "Invalid value 'foo', expected one of [dp, ddp]"),
         ("training.bogus=1", "Key 'bogus' not in 'TrainingConfig'"),

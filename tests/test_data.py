@@ -19,9 +19,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from tennis_exp import data
-from tennis_exp.config import DataConfig, SyntheticConfig, SyntheticPreset
+from tennis_exp.config import DataConfig, Strategy, SyntheticConfig, SyntheticPreset, TrainingConfig
 from tennis_exp.data import WindowDataset, build_datasets, scan_split
 from tennis_exp.errors import UserError
+from tennis_exp.hardware import DeviceSetup
+from tennis_exp.train import make_loader
 
 # torchvision 0.29 deprecates its JPEG decoder (in favour of torchcodec) and warns per call.
 
@@ -429,7 +431,9 @@ def test_dataloader_workers_over_cache(tmp_path):
     expected = all_items(train)  # opens the memmap in this process first
     # The open memmap (130 frames, 400 kB) is not shipped to workers.
     assert len(pickle.dumps(train)) < 100_000
-    loader = torch.utils.data.DataLoader(train, batch_size=4, num_workers=2)
+    training = TrainingConfig(num_workers=2, prefetch_factor=3)
+    loader = make_loader(train, 4, training, DeviceSetup(torch.device("cpu"), [], Strategy.dp), 0)
+    assert (loader.num_workers, loader.prefetch_factor) == (2, 3)
     clips, labels = zip(*loader, strict=True)
     assert torch.equal(torch.cat(clips), torch.stack([clip for clip, _ in expected]))
     assert torch.cat(labels).tolist() == [label for _, label in expected]

@@ -73,9 +73,8 @@ def test_two_gloo_processes_train_one_run(tmp_path):
     load_model_weights(model, tmp_path / "run" / "checkpoints" / "best.pth")
     test_set = build_datasets(cfg.data, cfg.seed)["test"]
     setup = DeviceSetup(torch.device("cpu"), [], cfg.hardware.strategy)
-    metrics, cm = evaluate(
-        model, make_loader(test_set, 5, 0, setup, 0), setup, list(cfg.data.events), None, Dist()
-    )
+    loader = make_loader(test_set, 5, cfg.training, setup, 0)
+    metrics, cm = evaluate(model, loader, setup, list(cfg.data.events), None, Dist())
     assert cm.sum() == len(test_set)
     assert run.data.metrics["test/acc"] == pytest.approx(metrics["acc"], abs=1e-9)
     assert run.data.metrics["test/macro_f1"] == pytest.approx(metrics["macro_f1"], abs=1e-9)
