@@ -35,7 +35,7 @@ ui: $(STAMP) ## MLflow UI on the project's store, on 127.0.0.1 (PORT=5000)
 compare: $(STAMP) ## The speed table of the newest sweep (ARGS="--sweep-dir DIR" or "--all")
 	$(PY) -m tennis_exp.compare $(ARGS)
 
-bench: $(STAMP) ## Benchmarks against a bare PyTorch loop, table into bench/results/ (ARGS=--quick)
+bench: $(STAMP) ## Benchmarks against a bare PyTorch loop, table into bench/results/ (ARGS=--quick or --gpu)
 	$(PY) -m bench.run $(ARGS)
 
 test: $(STAMP) ## The fast test suite (what CI runs)

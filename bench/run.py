@@ -77,6 +77,7 @@ class Size:
     max_batches: int  # training batches per epoch (and evaluation batches)
     repeats: int  # of every case, interleaved so that a change of machine load hits all alike
     log_calls: int  # log_metrics calls timed for item 4
+    model: str = "small_cnn"  # for the table's header: `extra` selects any other
     extra: tuple[str, ...] = ()
 
     def overrides(self) -> list[str]:
@@ -91,7 +92,7 @@ class Size:
 
     def describe(self) -> str:
         return (
-            f"{self.name}: synthetic `{self.preset}` preset at {self.image_size} px, small_cnn, "
+            f"{self.name}: synthetic `{self.preset}` preset at {self.image_size} px, {self.model}, "
             f"batch {self.batch_size}, {self.epochs} epochs x {self.max_batches} batches, "
             f"{self.repeats} repeat(s)" + (f", {' '.join(self.extra)}" if self.extra else "")
         )
@@ -99,7 +100,6 @@ class Size:
 
 SIZES = {
     "default": Size("default", "small", 64, 32, epochs=3, max_batches=8, repeats=3, log_calls=20),
-    # The smoke settings: seconds per case, for development and tests/test_bench.py.
     # The users' frozen baseline on a GPU. Untrained weights: the machine may be offline, and
     # speed does not depend on the weights.
     "gpu": Size(
@@ -110,9 +110,11 @@ SIZES = {
         epochs=3,
         max_batches=15,
         repeats=1,
-        log_calls=0,
+        log_calls=0,  # item 4 is a CPU row
+        model="resnet50, frozen",
         extra=("model=resnet50", "model.pretrained=false", "training.num_workers=8"),
     ),
+    # The smoke settings: seconds per case, for development and tests/test_bench.py.
     "quick": Size(
         "quick",
         "tiny",
