@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tennis_exp.errors import UserError
+from tennis_exp.errors import UserError, first_line
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -80,10 +80,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 f"checkpoint {path} holds Python objects that weights-only loading refuses; "
                 "it is not loaded unsafely: re-save it with tensors and plain types only"
             ) from None
-        raise UserError(f"checkpoint {path} is corrupt: {_first_line(err)}") from None
+        raise UserError(f"checkpoint {path} is corrupt: {first_line(err)}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise UserError(
-            f"checkpoint {path} is truncated or not a PyTorch file: {_first_line(err)}"
+            f"checkpoint {path} is truncated or not a PyTorch file: {first_line(err)}"
         ) from None
     if not isinstance(payload, dict):
         raise UserError(f"checkpoint {path} holds a {type(payload).__name__}, not a dict")
@@ -122,11 +122,6 @@ def _some(keys: list[str], shown: int = 4) -> str:
         return "none"
     more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
     return f"{len(keys)} keys [{', '.join(keys[:shown])}{more}]"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 # What `resume` needs beyond the weights; `last.pth` holds all of it.

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from tennis_exp.config import Strategy
-from tennis_exp.errors import UserError
+from tennis_exp.errors import UserError, one_line_report
 
 if TYPE_CHECKING:
     from submitit import JobEnvironment
@@ -215,10 +215,7 @@ def _lost_peer(err: Exception) -> bool:
 
 
 def _publish_failure(dist: Dist, err: Exception) -> None:
-    text = str(err).strip()
-    message = text.splitlines()[0] if text else type(err).__name__
-    if not isinstance(err, UserError):
-        message = f"{type(err).__name__}: {message}"
+    message = one_line_report(err)
     job = _submitit_tasks()
     if job is not None:
         message += f" (its log is {job.paths.stdout})"

@@ -1,4 +1,4 @@
-"""The one exception type for user mistakes."""
+"""The one exception type for user mistakes, and errors told in one line."""
 
 from hydra.errors import CompactHydraException
 
@@ -9,3 +9,16 @@ class UserError(CompactHydraException):
     Reported as its one-line message without a traceback; ``HYDRA_FULL_ERROR=1``
     shows the traceback anyway.
     """
+
+
+def first_line(err: BaseException) -> str:
+    """The error's message, first line only; its type's name when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def one_line_report(err: BaseException) -> str:
+    """How a failure is recorded (MLflow's error tag, another rank's report): a user mistake
+    as the console shows it, anything else with its type, as a bug."""
+    line = first_line(err)
+    return line if isinstance(err, UserError) else f"{type(err).__name__}: {line}"

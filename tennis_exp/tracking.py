@@ -18,7 +18,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from tennis_exp.errors import UserError
+from tennis_exp.errors import UserError, one_line_report
 
 log = logging.getLogger(__name__)
 # MLflow announces the creation of a new SQLite store on stderr; a user mistake found right
@@ -307,10 +307,7 @@ def mlflow_run(
     try:
         yield run
     except BaseException as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if not isinstance(err, UserError):  # a user mistake reads as on the console
-            message = f"{type(err).__name__}: {message}"
-        client.set_tag(info.run_id, "error", message[:5000])
+        client.set_tag(info.run_id, "error", one_line_report(err)[:5000])
         # A signal to the whole process group also kills loader workers, whose death then
         # surfaces while the interrupt is being handled: still an interruption.
         interrupts = (KeyboardInterrupt, SignalException)

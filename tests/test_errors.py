@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from tennis_exp import train as train_module
 from tennis_exp.distributed import Dist
-from tennis_exp.errors import UserError
+from tennis_exp.errors import UserError, one_line_report
 
 from .conftest import run_cli
 
@@ -24,6 +24,22 @@ def _smoke(tmp_path, *extra):
         f"hydra.run.dir={tmp_path / 'run'}",
         *extra,
     ]
+
+
+@pytest.mark.parametrize(
+    ("err", "report"),
+    [
+        (UserError("data.root is not set\nmore"), "data.root is not set"),
+        (
+            RuntimeError("  CUDA error: misaligned address\ntrace"),
+            "RuntimeError: CUDA error: misaligned address",
+        ),
+        (KeyboardInterrupt(), "KeyboardInterrupt: KeyboardInterrupt"),
+        (UserError(""), "UserError"),
+    ],
+)
+def test_a_failure_is_reported_in_one_line(err, report):
+    assert one_line_report(err) == report
 
 
 def test_unreachable_tracking_server_fails_before_any_work(tmp_path):
