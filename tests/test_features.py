@@ -102,9 +102,11 @@ def test_feature_cache_needs_the_frame_cache(smoke_cfg, tmp_path):
         train_module.train(cfg, tmp_path / "run")
 
 
-def test_bf16_autocast_trains_on_the_cpu(smoke_cfg, tmp_path):
+def test_bf16_autocast_trains_on_the_cpu(smoke_cfg, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     smoke_cfg.hardware.precision = Precision.bf16
     train_module.train(smoke_cfg, tmp_path / "run")
+    assert "Precision: bf16" in caplog.text
     curves = _curves(smoke_cfg.tracking.uri)
     assert all(torch.isfinite(torch.tensor(curves["train/loss"])))
 
