@@ -317,7 +317,8 @@ def _training_loop(
                 )
             train_sampler.skip = done * batch
             timed_step = done + min(TIMING_WARMUP_STEPS, (steps_per_epoch - done) // 2)
-            correct = torch.tensor(correct, device=setup.device)  # summed without a sync per step
+            # Counted on the device: no second sync per step (loss.item() is the one).
+            correct = torch.tensor(correct, device=setup.device)
             timed_samples, timed_from, waited = 0, None, 0.0
             bar = tqdm(
                 islice(loaders["train"], steps_per_epoch - done),
