@@ -14,6 +14,10 @@ Every number is a median over epochs and repeats; every ratio divides numbers of
 5. The frozen-backbone feature cache: training steps with and without it, its build time, and
    the users' 50-epoch schedule with and without it.
 
+8. (issue 11) What a DDP stop agreement costs: one all-reduce of a flag and its host sync,
+   between two gloo ranks on the CPU, against a training step; the loop agrees every
+   STOP_CHECK_STEPS steps.
+
 `--gpu` measures the GPU rows instead, on the users' frozen ResNet-50 baseline at 224 px:
 6. samples/s and peak GPU memory in fp32, bf16, fp16 and from the feature cache, the bare loop
    beside the fp32 run, and the loader alone;
@@ -53,12 +57,14 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, RandomSampler
 
 from tennis_exp.config import Precision, register_configs
-from tennis_exp.data import build_datasets
-from tennis_exp.distributed import Dist
-from tennis_exp.features import cached_features
-from tennis_exp.models import build_model
-from tennis_exp.tracking import Run, ensure_experiment
-from tennis_exp.train import TIMING_WARMUP_STEPS, make_loader, plan_run
+from tennis_exp.data.frames import build_datasets
+from tennis_exp.engine import distributed
+from tennis_exp.engine.distributed import Dist
+from tennis_exp.engine.features import cached_features
+from tennis_exp.engine.hardware import plan_run
+from tennis_exp.engine.loop import STOP_CHECK_STEPS, TIMING_WARMUP_STEPS, make_loader
+from tennis_exp.models.cnn_lstm import build_model
+from tennis_exp.tracking.runs import Run, ensure_experiment
 
 NAN = math.nan
 HERE = Path(__file__).resolve().parent
@@ -379,10 +385,10 @@ class Bench:
         figure), through the framework's own make_loader."""
         cfg = self.compose(case)
         dataset = build_datasets(cfg.data, cfg.seed)["train"]
-        setup = plan_run(cfg, Dist())[1]
+        device = plan_run(cfg).device
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.seed))
         loader = make_loader(
-            dataset, cfg.training.batch_size, cfg.training, setup, cfg.seed, sampler
+            dataset, cfg.training.batch_size, cfg.training, device, cfg.seed, sampler
         )
         return [
             steady_rate(loader, len(loader), lambda *_: None, self.sync)
@@ -563,6 +569,48 @@ class Bench:
         ]
 
 
+def agreement_seconds(calls: int) -> float:
+    """One gloo rank (of 2): the median time of the loop's stop agreement, `calls` times."""
+    import torch.distributed as torch_dist
+
+    torch_dist.init_process_group("gloo")
+    try:
+        dist = Dist(torch_dist.get_rank(), torch_dist.get_rank(), torch_dist.get_world_size())
+        times = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            dist.all_reduce([0.0], torch.device("cpu"))
+            times.append(time.perf_counter() - started)
+        return median(times)
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def stop_agreement_rows(work: Path, step_s: float, calls: int) -> list[Row]:
+    seconds = distributed.launch(agreement_seconds, (calls,), 2, work / "agreement")
+    every = STOP_CHECK_STEPS
+    return [
+        Row(
+            8,
+            "one DDP stop agreement (all-reduce + host sync, gloo, 2 CPU ranks)",
+            1e3 * seconds,
+            "ms",
+        ),
+        Row(
+            8,
+            "its cost if agreed every step, % of a full-run training step",
+            100 * seconds / step_s,
+            "%",
+        ),
+        Row(
+            8,
+            f"its cost agreed every {every} steps (the loop), % of a step",
+            100 * seconds / every / step_s,
+            "%",
+        ),
+    ]
+
+
 def machine() -> list[str]:
     try:
         with open("/proc/cpuinfo") as f:
@@ -641,6 +689,9 @@ def main(argv: list[str] | None = None) -> None:
                 *bench.epoch_end_rows(),
                 *bench.startup_rows(),
                 *bench.logging_rows(),
+                *stop_agreement_rows(
+                    Path(tmp), size.batch_size / median(bench.samples[FULL]), size.log_calls * 10
+                ),
             ]
     lines = [
         f"## Benchmarks, {started_at:%Y-%m-%d %H:%M %Z}",

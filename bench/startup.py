@@ -42,12 +42,12 @@ def main() -> None:
     from torch.utils.data import RandomSampler
 
     from tennis_exp.config import register_configs, validate
-    from tennis_exp.data import build_datasets
-    from tennis_exp.distributed import Dist
-    from tennis_exp.hardware import wrap_model
-    from tennis_exp.models import build_model
-    from tennis_exp.tracking import ensure_experiment, mlflow_run, tracking_uri
-    from tennis_exp.train import log_run_inputs, make_loader, plan_run
+    from tennis_exp.data.frames import build_datasets
+    from tennis_exp.engine.hardware import plan_run, wrap_model
+    from tennis_exp.engine.loop import Job, make_loader
+    from tennis_exp.engine.train import log_run_inputs
+    from tennis_exp.models.cnn_lstm import build_model
+    from tennis_exp.tracking.runs import ensure_experiment, mlflow_run, tracking_uri
 
     mark("import tennis_exp")
     imports_done = time.time()
@@ -57,7 +57,7 @@ def main() -> None:
         cfg = compose("config", overrides=overrides)
     validate(cfg)
     mark("config composition and validation")
-    plan, setup = plan_run(cfg, Dist())[:2]
+    plan = plan_run(cfg)
     mark("devices and scaling plan")
     uri = tracking_uri(cfg)
     ensure_experiment(uri, cfg.experiment_name)
@@ -66,10 +66,10 @@ def main() -> None:
     mark("data: synthetic check, scan, frame cache key (warm cache)")
     with mlflow_run(uri, cfg.experiment_name, "bench-startup", {}) as run:
         mark("MLflow: create run (git commit lookup)")
-        log_run_inputs(run, cfg, plan, work, overrides)
+        log_run_inputs(run, Job(cfg, plan, work, run.run_id, uri), overrides)
         mark("MLflow: params, config artifacts")
         torch.manual_seed(cfg.seed)
-        model = wrap_model(build_model(cfg.model, len(cfg.data.events)), setup, distributed=False)
+        model = wrap_model(build_model(cfg.model, len(cfg.data.events)), plan)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trainable, lr=cfg.training.learning_rate)
         mark("model build, optimizer")
@@ -78,7 +78,7 @@ def main() -> None:
             datasets["train"],
             cfg.training.batch_size,
             cfg.training,
-            setup,
+            plan.device,
             cfg.seed,
             sampler=sampler,
         )
@@ -87,7 +87,7 @@ def main() -> None:
         mark("DataLoader start, first batch")
         ready = time.time()
         model.train()
-        loss = F.cross_entropy(model(frames.to(setup.device)), labels.to(setup.device))
+        loss = F.cross_entropy(model(frames.to(plan.device)), labels.to(plan.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

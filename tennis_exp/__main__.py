@@ -1,103 +1,65 @@
-"""Command line: `python -m tennis_exp [overrides]`, also installed as `tennis-exp`."""
+"""`python -m tennis_exp [overrides]` (also installed as `tennis-exp`): train one run, or a
+sweep of them with `--multirun`."""
 
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from omegaconf.errors import MissingMandatoryValue
 
+from tennis_exp.cli import is_user_error, one_line, run_command, traceback_wanted
 from tennis_exp.config import register_configs
-from tennis_exp.tracking import sweep_failures
+from tennis_exp.tracking.sweep import record_failure
 
 log = logging.getLogger("tennis_exp")
 
 register_configs()
 
 
-# User mistakes met inside jobs. A job that raises makes Hydra print a multi-line report, and
-# `sys.exit` in a job would abort a sweep; so a job reports its mistake here and returns NaN.
-_failures: list[str] = []
-_show_traceback = False
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def run(cfg: DictConfig) -> float:
     """One job: returns the best val macro-F1, the value sweepers optimise (NaN if it failed)."""
-    from tennis_exp.train import train  # torch and mlflow load after the config is known good
+    from tennis_exp.engine.train import train  # torch and mlflow load once the config is good
 
     hc = HydraConfig.get()
+    output_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode is RunMode.MULTIRUN
     try:
         return train(
-            cfg,
-            output_dir=Path(hc.runtime.output_dir),
-            overrides=list(hc.overrides.task),
-            sweep_dir=hc.sweep.dir if multirun else None,
+            cfg, output_dir, list(hc.overrides.task), sweep_dir=hc.sweep.dir if multirun else None
         )
     except Exception as err:
-        if _show_traceback or not is_user_error(err):
+        # Raising would print Hydra's multi-line report (and end a sweep): the job reports its
+        # mistake, and a sweep goes on with its next job.
+        if traceback_wanted() or not is_user_error(err):
             raise
-        _failures.append(one_line(err))
-        if multirun:  # the sweep goes on with its next job
-            log.error(
-                "job %s (%s) failed: %s", hc.job.num, " ".join(hc.overrides.task), _failures[-1]
-            )
-            from tennis_exp.distributed import process_rank
-            from tennis_exp.tracking import record_failed_job
-
-            if process_rank() != 0:  # one DDP rank of the job: rank 0 records the job's failure
-                return float("nan")
-            try:
-                record_failed_job(cfg, Path(hc.runtime.output_dir), hc.sweep.dir, _failures[-1])
-            except Exception as tracking_err:  # the job's own error is the one to report
-                log.warning("could not record the failed job in MLflow: %s", tracking_err)
+        if multirun:
+            sweep_job_failed(cfg, output_dir, hc, one_line(err))
+        else:
+            record_failure(str(output_dir.resolve()), one_line(err))
         return float("nan")
 
 
-def one_line(err: BaseException) -> str:
-    """A user mistake as one line: Hydra and OmegaConf spread theirs over several."""
-    options = getattr(err, "options", None)
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    if options:  # an unknown config group option
-        return f"{lines[0]}; valid options: {', '.join(options)}"
-    text = lines[0] if lines else type(err).__name__
-    cause = err.__cause__
-    if cause is not None and getattr(cause, "msg", None):
-        text += f": {str(cause.msg).strip().splitlines()[0]}"
-    return text
+def sweep_job_failed(cfg: DictConfig, output_dir: Path, hc, message: str) -> None:
+    from tennis_exp.engine.distributed import process_rank
+    from tennis_exp.tracking.sweep import record_failed_job
 
-
-def is_user_error(err: BaseException) -> bool:
-    return isinstance(err, CompactHydraException | MissingMandatoryValue)
+    log.error("job %s (%s) failed: %s", hc.job.num, " ".join(hc.overrides.task), message)
+    if process_rank() != 0:  # one DDP rank of the job: rank 0 records the job's failure
+        return
+    record_failure(str(output_dir.resolve()), message)
+    try:
+        record_failed_job(cfg, output_dir, hc.sweep.dir, message)
+    except Exception as tracking_err:  # the job's own error is the one to report
+        log.warning("could not record the failed job in MLflow: %s", tracking_err)
 
 
 def main() -> None:
-    global _show_traceback
-    _show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    # Let composition errors reach us instead of Hydra's multi-line report.
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
-        run()
-    except KeyboardInterrupt as err:
-        sys.exit(f"Interrupted ({err or 'Ctrl-C'})")
-    except Exception as err:
-        if _show_traceback or not is_user_error(err):
-            raise
-        _failures.append(one_line(err))
-    # Jobs that a submitit launcher ran in other processes are known by their FAILED runs.
-    failures = _failures or sweep_failures
-    if len(failures) == 1:
-        sys.exit(f"Error: {failures[0]}")
-    if failures:
-        sys.exit(f"Error: {len(failures)} jobs failed; the first: {failures[0]}")
+    run_command(run)
 
 
 if __name__ == "__main__":

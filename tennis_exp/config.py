@@ -77,6 +77,8 @@ class SyntheticPreset(Enum):
 
 @dataclass
 class SyntheticConfig:
+    # Generate the synthetic twin into data.root (once per settings); the other keys then apply.
+    generate: bool = False
     preset: SyntheticPreset = SyntheticPreset.small
     seed: int = 0
 
@@ -84,8 +86,7 @@ class SyntheticConfig:
 @dataclass
 class DataConfig:
     root: str = MISSING
-    # When set, the synthetic twin is generated into `root` (once per settings).
-    synthetic: SyntheticConfig | None = None
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     image_size: int = 64
     window: int = 16
     train_stride: int = 8
@@ -98,6 +99,9 @@ class DataConfig:
     cache_dir: str = ".cache/frames"
     # Ablation: permute the frames of every window, which destroys temporal order.
     shuffle_frames: bool = False
+    # Use only the first N videos (sorted by name) of every action folder: a quick look at
+    # any dataset (debug=smoke); null uses them all.
+    max_videos_per_action: int | None = None
 
 
 @dataclass
@@ -203,6 +207,7 @@ _MINIMUMS: list[tuple[str, Any]] = [
     ("data.window", 1),
     ("data.train_stride", 1),
     ("data.eval_stride", 1),
+    ("data.max_videos_per_action", 1),
     ("model.lstm_hidden", 1),
     ("model.lstm_layers", 1),
 ]

@@ -11,10 +11,12 @@ class UserError(CompactHydraException):
     """
 
 
-def first_line(err: BaseException) -> str:
-    """The error's message, first line only; its type's name when it has none."""
+def first_line(err: BaseException | str) -> str:
+    """A message's first line; an exception without one is named by its type."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    if text:
+        return text.splitlines()[0]
+    return type(err).__name__ if isinstance(err, BaseException) else ""
 
 
 def one_line_report(err: BaseException) -> str:

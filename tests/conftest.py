@@ -12,6 +12,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from tennis_exp.config import register_configs
+from tennis_exp.engine.distributed import Dist
+from tennis_exp.engine.hardware import plan_run
+from tennis_exp.engine.loop import Job
+from tennis_exp.engine.train import fit_and_test
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -33,6 +37,11 @@ def smoke_cfg(tmp_path: Path) -> DictConfig:
         cfg.data.cache_dir = str(tmp_path / "cache")
         cfg.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     return cfg
+
+
+def fit_untracked(cfg: DictConfig, output_dir: Path) -> float:
+    """The training loop of one process on `cfg`, with no MLflow run: fit, then test."""
+    return fit_and_test(Job(cfg, plan_run(cfg), output_dir, None, ""), Dist(), None, None)
 
 
 def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 300):

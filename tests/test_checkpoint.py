@@ -7,15 +7,17 @@ import torch
 import torchvision
 from torch import nn
 
-from tennis_exp.checkpoint import (
-    load_checkpoint,
-    load_model_weights,
-    save_checkpoint,
+from tennis_exp.engine.checkpoint import (
+    Checkpoint,
+    load,
+    load_weights,
+    save,
     strip_prefixes,
     unwrap,
 )
+from tennis_exp.engine.train import initial_model
 from tennis_exp.errors import UserError
-from tennis_exp.models import build_model
+from tennis_exp.models.cnn_lstm import build_model
 
 from .conftest import compose_config
 
@@ -48,13 +50,13 @@ def test_prefix_round_trip_through_dataparallel(tmp_path):
     assert unwrap(wrapped) is model
 
     # Saved from a wrapped model with the prefix (as the old script sometimes did) ...
-    save_checkpoint(tmp_path / "dp.pth", {"model_state_dict": wrapped.state_dict()})
+    torch.save({"model_state_dict": wrapped.state_dict()}, tmp_path / "dp.pth")
     plain = _small_model()
-    load_model_weights(plain, tmp_path / "dp.pth")
+    load_weights(plain, tmp_path / "dp.pth")
     # ... loads into a plain model, and a plain checkpoint loads into a wrapped one.
-    save_checkpoint(tmp_path / "plain.pth", {"model_state_dict": plain.state_dict()})
+    save(tmp_path / "plain.pth", Checkpoint(plain.state_dict()))
     other = nn.DataParallel(_small_model())
-    load_model_weights(other, tmp_path / "plain.pth")
+    load_weights(other, tmp_path / "plain.pth")
     for k, v in model.state_dict().items():
         assert torch.equal(v, plain.state_dict()[k])
         assert torch.equal(v, other.module.state_dict()[k])
@@ -65,7 +67,7 @@ def test_compiled_prefix_is_stripped(tmp_path):
     state = {f"_orig_mod.{k}": v for k, v in model.state_dict().items()}
     torch.save({"model_state_dict": state}, tmp_path / "compiled.pth")
     fresh = _small_model()
-    load_model_weights(fresh, tmp_path / "compiled.pth")
+    load_weights(fresh, tmp_path / "compiled.pth")
     assert torch.equal(fresh.fc[3].weight, model.fc[3].weight)
 
 
@@ -96,8 +98,8 @@ def test_old_best_model_pth_loads_with_init_from(tmp_path, prefix):
     )
     cfg = compose_config(["model=resnet50", "model.pretrained=false"])
     model = build_model(cfg.model, num_classes=4)
-    payload = load_model_weights(model, tmp_path / "best_model.pth")
-    assert payload["epoch"] == 12
+    checkpoint = load_weights(model, tmp_path / "best_model.pth")
+    assert checkpoint.train_state["epoch"] == 12
     assert torch.equal(model.lstm.weight_hh_l2_reverse, old.lstm.weight_hh_l2_reverse)
     assert torch.equal(model.backbone[1].running_mean, old.backbone[1].running_mean)
     frames = torch.randint(0, 255, (1, 2, 3, 64, 64), dtype=torch.uint8)
@@ -109,33 +111,33 @@ def test_old_best_model_pth_loads_with_init_from(tmp_path, prefix):
 
 def test_atomic_save_keeps_the_previous_file_when_a_save_fails(tmp_path, monkeypatch):
     path = tmp_path / "last.pth"
-    save_checkpoint(path, {"epoch": 1})
+    save(path, Checkpoint({}, train_state={"epoch": 1}))
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(UserError, match="no space left to write .*last.pth .*previous one is kept"):
-        save_checkpoint(path, {"epoch": 2})
-    assert load_checkpoint(path)["epoch"] == 1
+        save(path, Checkpoint({}, train_state={"epoch": 2}))
+    assert load(path).train_state["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temporary file left
 
 
 def test_missing_truncated_and_unsafe_checkpoints_are_refused(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        load_checkpoint(tmp_path / "nope.pth")
+        load(tmp_path / "nope.pth")
 
     good = tmp_path / "good.pth"
-    save_checkpoint(good, {"model_state_dict": _small_model().state_dict()})
+    save(good, Checkpoint(_small_model().state_dict()))
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(UserError, match="truncated"):
-        load_checkpoint(truncated)
+        load(truncated)
 
     unsafe = tmp_path / "unsafe.pth"
     torch.save({"model_state_dict": {}, "obj": _Arbitrary()}, unsafe)
     with pytest.raises(UserError, match="weights-only loading refuses"):
-        load_checkpoint(unsafe)
+        load(unsafe)
 
 
 class _Arbitrary:
@@ -143,16 +145,32 @@ class _Arbitrary:
 
 
 def test_another_architecture_lists_missing_and_unexpected_keys(tmp_path):
-    save_checkpoint(
-        tmp_path / "r18.pth",
-        {
-            "model_state_dict": build_model(
-                compose_config(["model=resnet18", "model.pretrained=false"]).model, 4
-            ).state_dict()
-        },
-    )
+    r18 = build_model(compose_config(["model=resnet18", "model.pretrained=false"]).model, 4)
+    save(tmp_path / "r18.pth", Checkpoint(r18.state_dict()))
     with pytest.raises(UserError) as err:
-        load_model_weights(_small_model(), tmp_path / "r18.pth")
+        load_weights(_small_model(), tmp_path / "r18.pth")
     message = str(err.value)
     assert "\n" not in message
     assert "missing" in message and "unexpected" in message and "backbone." in message
+
+
+def test_a_checkpoint_that_supplies_the_backbone_needs_no_download(tmp_path, monkeypatch):
+    # An offline cluster node: fetching ImageNet weights fails.
+    build_offline = torchvision.models.get_model
+
+    def offline(name, weights=None, **kwargs):
+        if weights is not None:
+            raise OSError("could not reach download.pytorch.org")
+        return build_offline(name, weights=None, **kwargs)
+
+    overrides = ["model=resnet18", "model.lstm_hidden=8", "model.lstm_layers=1"]
+    cfg = compose_config([*overrides, "model.pretrained=false"])
+    trained = build_model(cfg.model, 4)
+    save(tmp_path / "best.pth", Checkpoint(trained.state_dict()))
+    monkeypatch.setattr(torchvision.models, "get_model", offline)
+    init = f"model.init_from={tmp_path / 'best.pth'}"
+    cfg = compose_config([*overrides, "model.pretrained=true", init])
+    with pytest.raises(UserError, match="could not download resnet18 weights"):
+        build_model(cfg.model, 4)  # what asking for the ImageNet weights does offline
+    model = initial_model(cfg, resume=None)
+    assert torch.equal(model.backbone[0].weight, trained.backbone[0].weight)

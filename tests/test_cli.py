@@ -10,8 +10,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tennis_exp.checkpoint import load_model_weights
-from tennis_exp.models import build_model
+from tennis_exp.engine.checkpoint import load_weights
+from tennis_exp.models.cnn_lstm import build_model
 
 from .conftest import compose_config, run_cli
 
@@ -56,6 +56,13 @@ def test_smoke_run_is_tracked_in_mlflow(tmp_path):
     assert params["scaling.per_device_batch_size"] == "8"
     assert params["scaling.effective_batch_size"] == "8"
     assert float(params["scaling.learning_rate"]) == pytest.approx(1e-4)
+    # What ran, beside what was asked: gpu1 fell back to the CPU, in fp32.
+    assert params["hardware.accelerator"] == "cuda" and params["hardware.precision"] == "auto"
+    assert (params["run.device"], params["run.device_ids"], params["run.precision"]) == (
+        "cpu",
+        "none",
+        "fp32",
+    )
     metrics = run.data.metrics
     for key in [
         "train/loss",
@@ -78,7 +85,8 @@ def test_smoke_run_is_tracked_in_mlflow(tmp_path):
     tags = run.data.tags
     assert tags["hardware"] == "gpu1" and tags["strategy"] == "dp"
     assert "sweep_dir" not in tags
-    assert len(tags.get("mlflow.source.git.commit", "x" * 40)) == 40
+    assert tags["fallback"].startswith("cpu")
+    assert len(tags["mlflow.source.git.commit"]) == 40
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {
@@ -99,7 +107,7 @@ def test_smoke_run_is_tracked_in_mlflow(tmp_path):
     )
     assert not any(k.startswith("module.") for k in payload["model_state_dict"])
     model = build_model(compose_config(["debug=smoke"]).model, num_classes=4)
-    load_model_weights(model, ckpt)
+    load_weights(model, ckpt)
 
 
 def _sweep(tmp_path):
@@ -158,6 +166,54 @@ def test_multirun_of_two_cpu_jobs(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "cpu-dp-bs8-lr1e-4" in again.stdout and "gpu1-dp-bs8-lr1e-4" in again.stdout
     assert (tmp_path / "again" / "comparison.csv").read_text() == "\n".join(table) + "\n"
+
+
+def test_the_scaled_lr_is_the_lr_that_trains(tmp_path):
+    # The guide's rule under DDP: 2 ranks of batch 8, effective 16, LR 1e-4 x 2. The warmup
+    # reaches it within epoch 1, and every epoch's last step trains at exactly that LR.
+    out = run_cli(
+        [
+            *_smoke_args(tmp_path),
+            "hardware=cpu_ddp2",
+            "training.epochs=3",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Learning rate: 0.0002 (linear: 0.0001 x (16/8)^1)" in out.stdout
+    client, [run] = _runs(tmp_path)
+    planned = float(run.data.params["scaling.learning_rate"])
+    assert planned == 2e-4
+    history = client.get_metric_history(run.info.run_id, "lr")
+    assert sorted((m.step, m.value) for m in history) == [(1, planned), (2, planned), (3, planned)]
+
+
+def test_smoke_runs_tiny_on_the_data_it_was_given(tmp_path):
+    from .test_data import make_tree
+
+    layout = {
+        split: {"smash": [16] * 10, "forehand_volley": [16], "backhand": [24], "flat_service": [16]}
+        for split in ("train", "val", "test")
+    }
+    frames = make_tree(tmp_path / "frames", layout)
+    out = run_cli(
+        [
+            "data=thetis",
+            f"data.root={frames}",
+            "debug=smoke",
+            "hardware=cpu",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"tracking.uri={_uri(tmp_path)}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    # 8 of the 10 smash videos (debug=smoke's data.max_videos_per_action), 1 window each, and
+    # 1 + 2 + 1 from the other actions; nothing generated.
+    assert "Train set: 12 samples" in out.stdout
+    assert not (tmp_path / "data").exists() and not (frames / ".synthetic.json").exists()
 
 
 def test_system_metrics_are_logged_when_asked(tmp_path):

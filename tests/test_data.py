@@ -18,12 +18,11 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tennis_exp import data
-from tennis_exp.config import DataConfig, Strategy, SyntheticConfig, SyntheticPreset, TrainingConfig
-from tennis_exp.data import WindowDataset, build_datasets, scan_split
+from tennis_exp.config import DataConfig, SyntheticConfig, SyntheticPreset, TrainingConfig
+from tennis_exp.data import frames as data
+from tennis_exp.data.frames import WindowDataset, build_datasets, scan_split
+from tennis_exp.engine.loop import make_loader
 from tennis_exp.errors import UserError
-from tennis_exp.hardware import DeviceSetup
-from tennis_exp.train import make_loader
 
 # torchvision 0.29 deprecates its JPEG decoder (in favour of torchcodec) and warns per call.
 
@@ -432,7 +431,7 @@ def test_dataloader_workers_over_cache(tmp_path):
     # The open memmap (130 frames, 400 kB) is not shipped to workers.
     assert len(pickle.dumps(train)) < 100_000
     training = TrainingConfig(num_workers=2, prefetch_factor=3)
-    loader = make_loader(train, 4, training, DeviceSetup(torch.device("cpu"), [], Strategy.dp), 0)
+    loader = make_loader(train, 4, training, torch.device("cpu"), 0)
     assert (loader.num_workers, loader.prefetch_factor) == (2, 3)
     clips, labels = zip(*loader, strict=True)
     assert torch.equal(torch.cat(clips), torch.stack([clip for clip, _ in expected]))
@@ -447,11 +446,11 @@ def test_synthetic_generated_first(tmp_path, monkeypatch, as_string):
         calls.append((root, preset, seed, image_size))
         make_tree(root)
 
-    fake = types.ModuleType("tennis_exp.synthetic")
+    fake = types.ModuleType("tennis_exp.data.synthetic")
     fake.ensure_synthetic = ensure_synthetic
-    monkeypatch.setitem(sys.modules, "tennis_exp.synthetic", fake)
+    monkeypatch.setitem(sys.modules, "tennis_exp.data.synthetic", fake)
     cfg = make_cfg(tmp_path / "d", frame_cache=False)
-    cfg.synthetic = SyntheticConfig(preset=SyntheticPreset.tiny, seed=3)
+    cfg.synthetic = SyntheticConfig(generate=True, preset=SyntheticPreset.tiny, seed=3)
     if as_string:  # a plain (non-structured) config holds the enum's name as a string
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, enum_to_str=True))
     datasets = build_datasets(cfg, seed=0)

@@ -18,14 +18,15 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
-from tennis_exp import distributed
-from tennis_exp.checkpoint import load_model_weights
-from tennis_exp.data import build_datasets
-from tennis_exp.distributed import Dist
+from tennis_exp.config import Precision
+from tennis_exp.data.frames import build_datasets
+from tennis_exp.engine import distributed
+from tennis_exp.engine.checkpoint import load_weights
+from tennis_exp.engine.distributed import Dist
+from tennis_exp.engine.evaluation import evaluate
+from tennis_exp.engine.loop import make_loader
 from tennis_exp.errors import UserError
-from tennis_exp.hardware import DeviceSetup
-from tennis_exp.models import build_model
-from tennis_exp.train import evaluate, make_loader
+from tennis_exp.models.cnn_lstm import build_model
 
 from .conftest import CONF, compose_config, run_cli
 
@@ -70,11 +71,11 @@ def test_two_gloo_processes_train_one_run(tmp_path):
     with open_dict(cfg):
         cfg.data.root, cfg.data.cache_dir = str(tmp_path / "data"), str(tmp_path / "cache")
     model = build_model(cfg.model, num_classes=4)
-    load_model_weights(model, tmp_path / "run" / "checkpoints" / "best.pth")
+    load_weights(model, tmp_path / "run" / "checkpoints" / "best.pth")
     test_set = build_datasets(cfg.data, cfg.seed)["test"]
-    setup = DeviceSetup(torch.device("cpu"), [], cfg.hardware.strategy)
-    loader = make_loader(test_set, 5, cfg.training, setup, 0)
-    metrics, cm = evaluate(model, loader, setup, list(cfg.data.events), None, Dist())
+    cpu = torch.device("cpu")
+    loader = make_loader(test_set, 5, cfg.training, cpu, 0)
+    metrics, cm = evaluate(model, loader, cpu, Precision.fp32, list(cfg.data.events), None, Dist())
     assert cm.sum() == len(test_set)
     assert run.data.metrics["test/acc"] == pytest.approx(metrics["acc"], abs=1e-9)
     assert run.data.metrics["test/macro_f1"] == pytest.approx(metrics["macro_f1"], abs=1e-9)
@@ -171,7 +172,7 @@ def test_submitit_one_task_per_device_sweep(tmp_path):
     cfg = compose_config(_args(tmp_path, "hardware=cpu"))
     for job in ("0-cpu_ddp2", "1-cpu_ddp2"):
         assert not (sweep / job / "ranks").exists()  # the tasks were the ranks: no launch
-        load_model_weights(build_model(cfg.model, 4), sweep / job / "checkpoints" / "best.pth")
+        load_weights(build_model(cfg.model, 4), sweep / job / "checkpoints" / "best.pth")
     submitted = list((sweep / ".submitit").glob("[0-9]*"))  # one folder per job
     assert len(submitted) == 2
     for tasks in submitted:

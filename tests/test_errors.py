@@ -8,11 +8,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tennis_exp import train as train_module
-from tennis_exp.distributed import Dist
+from tennis_exp.engine import checkpoint
+from tennis_exp.engine import train as train_module
 from tennis_exp.errors import UserError, one_line_report
 
-from .conftest import run_cli
+from .conftest import fit_untracked, run_cli
 
 
 def _smoke(tmp_path, *extra):
@@ -91,7 +91,7 @@ class _OutOfMemory(torch.nn.Module):
 def test_out_of_memory_names_the_batch_and_the_fix(smoke_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "build_model", lambda *a, **k: _OutOfMemory())
     with pytest.raises(UserError) as err:
-        train_module.train_process(smoke_cfg, tmp_path / "run", None, Dist())
+        fit_untracked(smoke_cfg, tmp_path / "run")
     message = str(err.value)
     assert "CUDA out of memory with 8 windows per device (training.batch_size=8" in message
     assert "lower training.batch_size" in message
@@ -99,8 +99,6 @@ def test_out_of_memory_names_the_batch_and_the_fix(smoke_cfg, tmp_path, monkeypa
 
 
 def test_full_disk_mid_run_keeps_the_last_good_checkpoint(smoke_cfg, tmp_path, monkeypatch):
-    from tennis_exp import checkpoint
-
     real_save, calls = torch.save, []
 
     def save_until_the_disk_fills(obj, f, *args, **kwargs):
@@ -112,9 +110,9 @@ def test_full_disk_mid_run_keeps_the_last_good_checkpoint(smoke_cfg, tmp_path, m
     monkeypatch.setattr(checkpoint.torch, "save", save_until_the_disk_fills)
     smoke_cfg.training.epochs = 3
     with pytest.raises(UserError, match="no space left to write .*previous one is kept"):
-        train_module.train_process(smoke_cfg, tmp_path / "run", None, Dist())
+        fit_untracked(smoke_cfg, tmp_path / "run")
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
-    assert checkpoint.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pth")["epoch"] == 1
+    assert checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pth").train_state["epoch"] == 1
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] in (
         ["best.pth", "last.pth"],
         ["last.pth", "best.pth"],
@@ -135,7 +133,7 @@ class _FullDiskClient:
 
 
 def test_full_disk_while_storing_an_artifact_fails_the_run_in_one_line(tmp_path):
-    from tennis_exp.tracking import mlflow_run
+    from tennis_exp.tracking.runs import mlflow_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     (tmp_path / "resolved_config.yaml").write_text("seed: 1\n")

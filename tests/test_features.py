@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,14 +13,18 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
-from tennis_exp import train as train_module
 from tennis_exp.config import Backbone, Precision
-from tennis_exp.distributed import Dist
+from tennis_exp.data.frames import build_datasets
+from tennis_exp.engine import train as train_module
+from tennis_exp.engine.distributed import Dist
+from tennis_exp.engine.features import feature_file, weights_digest
+from tennis_exp.engine.hardware import plan_run
+from tennis_exp.engine.loop import Job, Trainer
+from tennis_exp.engine.train import initial_model
 from tennis_exp.errors import UserError
-from tennis_exp.features import feature_file, weights_digest
-from tennis_exp.models import small_cnn
+from tennis_exp.models.cnn_lstm import small_cnn
 
-from .conftest import compose_config
+from .conftest import compose_config, fit_untracked
 
 CURVES = ["train/loss", "train/acc", "val/loss", "val/macro_f1"]
 
@@ -102,19 +107,36 @@ def test_feature_cache_needs_the_frame_cache(smoke_cfg, tmp_path):
         train_module.train(cfg, tmp_path / "run")
 
 
-def test_bf16_autocast_trains_on_the_cpu(smoke_cfg, tmp_path, caplog):
+def test_bf16_autocast_trains_on_the_cpu(smoke_cfg, tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.INFO)
+    computed = set()  # the dtypes the convolutions, the LSTM and the head returned
+    build = train_module.build_model
+
+    def hooked(*args, **kwargs):
+        model = build(*args, **kwargs)
+        for layer in (model.backbone[0], model.lstm, model.fc[0]):
+            layer.register_forward_hook(
+                lambda module, _, out: computed.add((type(module).__name__, _dtype(out)))
+            )
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", hooked)
     smoke_cfg.hardware.precision = Precision.bf16
     train_module.train(smoke_cfg, tmp_path / "run")
     assert "Precision: bf16" in caplog.text
+    assert computed == {(name, torch.bfloat16) for name in ("Conv2d", "LSTM", "Linear")}
     curves = _curves(smoke_cfg.tracking.uri)
     assert all(torch.isfinite(torch.tensor(curves["train/loss"])))
+
+
+def _dtype(out) -> torch.dtype:
+    return (out[0] if isinstance(out, tuple) else out).dtype
 
 
 def test_fp16_on_the_cpu_is_refused(smoke_cfg, tmp_path):
     smoke_cfg.hardware.precision = Precision.fp16
     with pytest.raises(UserError, match="hardware.precision=fp16 needs a CUDA GPU"):
-        train_module.train_process(smoke_cfg, tmp_path / "run", None, Dist())
+        fit_untracked(smoke_cfg, tmp_path / "run")
 
 
 def test_compile_under_dataparallel_is_refused(smoke_cfg, tmp_path):
@@ -146,7 +168,7 @@ def test_a_slow_loader_is_reported(smoke_cfg, tmp_path, monkeypatch, caplog):
         lambda *a: {**build(*a), "train": _Slow(build(*a)["train"])},
     )
     smoke_cfg.training.max_batches = 6
-    train_module.train_process(smoke_cfg, tmp_path / "run", None, Dist())
+    fit_untracked(smoke_cfg, tmp_path / "run")
     assert "the data loader, not the model, is the bottleneck" in caplog.text
     assert "raise training.num_workers (now 0)" in caplog.text
 
@@ -154,6 +176,35 @@ def test_a_slow_loader_is_reported(smoke_cfg, tmp_path, monkeypatch, caplog):
 @pytest.mark.slow
 def test_compiled_model_trains_and_saves_plain_keys(smoke_cfg, tmp_path):
     smoke_cfg.training.compile = True
-    train_module.train_process(smoke_cfg, tmp_path / "run", None, Dist())
+    fit_untracked(smoke_cfg, tmp_path / "run")
     state = torch.load(tmp_path / "run" / "checkpoints" / "best.pth", weights_only=True)
     assert not any(k.startswith("_orig_mod.") for k in state["model_state_dict"])
+
+
+class _RecordingDP(torch.nn.Module):
+    """Stands in for DataParallel, which needs GPUs to wrap."""
+
+    def __init__(self, module, device_ids=None, output_device=None):
+        super().__init__()
+        self.module, self.device_ids = module, device_ids
+
+    def forward(self, x):
+        return self.module(x)
+
+
+@pytest.mark.parametrize("feature_cache", [True, False])
+def test_dataparallel_holds_only_what_trains(smoke_cfg, tmp_path, monkeypatch, feature_cache):
+    # DataParallel copies every parameter it holds to every GPU at every step: on cached
+    # features the frozen backbone has no business there.
+    monkeypatch.setattr(torch.nn, "DataParallel", _RecordingDP)
+    cfg = _frozen(smoke_cfg, tmp_path, feature_cache=feature_cache)
+    plan = plan_run(cfg)
+    two_gpus = replace(plan, setup=replace(plan.setup, device_ids=[0, 1]))  # on the CPU
+    job = Job(cfg, two_gpus, tmp_path / "run", None, "")
+    model = initial_model(cfg, resume=None)
+    trainer = Trainer(job, Dist(), model, build_datasets(cfg.data, cfg.seed))
+    assert isinstance(trainer.trained, _RecordingDP) and trainer.trained.device_ids == [0, 1]
+    held = {id(p) for p in trainer.trained.parameters()}
+    assert {id(p) for p in model.lstm.parameters()} <= held
+    backbone = {id(p) for p in model.backbone.parameters()}
+    assert backbone.isdisjoint(held) if feature_cache else backbone <= held

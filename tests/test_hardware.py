@@ -9,16 +9,17 @@ import torch
 from torch import nn
 
 from tennis_exp.config import BatchScaling, LrScaling, Precision, Strategy
-from tennis_exp.errors import UserError
-from tennis_exp.hardware import (
+from tennis_exp.engine.hardware import (
     DeviceSetup,
-    banner,
+    RunPlan,
     loader_batch_size,
+    plan_run,
     plan_scaling,
     resolve_precision,
     select_devices,
     wrap_model,
 )
+from tennis_exp.errors import UserError
 
 from .conftest import compose_config
 
@@ -139,7 +140,7 @@ def test_gpu2_does_not_fall_back():
 def test_dry_run_plans_without_devices():
     setup = select_devices(_hw("gpu4"), visible_cuda=0, dry_run=True)
     assert setup.device_ids == [0, 1, 2, 3]
-    lines = banner(setup, plan_scaling(32, 1e-4, 4, PD, LIN), Precision.auto, train_size=None)
+    lines = plan_run(compose_config(["hardware=gpu4", "dry_run=true"])).banner(train_size=None)
     assert lines[:3] == [
         "Using device: cuda",
         "Using 4 GPUs for training!",
@@ -209,23 +210,23 @@ class _RecordingDDP(_Recording):
 
 
 @pytest.mark.parametrize(
-    ("ids", "strategy", "distributed", "wrapper"),
+    ("ids", "strategy", "wrapper"),
     [
-        ([], Strategy.dp, False, None),  # the CPU
-        ([0], Strategy.dp, False, None),  # one GPU: nothing to split
-        ([0, 1], Strategy.dp, False, _RecordingDP),
-        ([0, 1, 2, 3], Strategy.dp, False, _RecordingDP),
-        ([0, 1], Strategy.ddp, True, _RecordingDDP),  # one rank of a DDP job
-        ([], Strategy.ddp, True, _RecordingDDP),  # a gloo rank on the CPU
-        ([0, 1], Strategy.ddp, False, None),  # the launching process trains nothing itself
+        ([], Strategy.dp, None),  # the CPU
+        ([0], Strategy.dp, None),  # one GPU: nothing to split
+        ([0, 1], Strategy.dp, _RecordingDP),
+        ([0, 1, 2, 3], Strategy.dp, _RecordingDP),
+        ([0, 1], Strategy.ddp, _RecordingDDP),  # one rank of a DDP job
+        ([], Strategy.ddp, _RecordingDDP),  # a gloo rank on the CPU
     ],
 )
-def test_wrap_decision(monkeypatch, ids, strategy, distributed, wrapper):
+def test_wrap_decision(monkeypatch, ids, strategy, wrapper):
     monkeypatch.setattr(nn, "DataParallel", _RecordingDP)
     monkeypatch.setattr(nn.parallel, "DistributedDataParallel", _RecordingDDP)
-    setup = DeviceSetup(torch.device("cpu"), ids, strategy)  # .to() the CPU: no GPU needed
+    setup = DeviceSetup(torch.device("cpu"), ids)  # .to() the CPU: no GPU needed
+    scaling = plan_scaling(32, 1e-4, max(len(ids), 1), PD, LIN)
     model = nn.Linear(2, 2)
-    out = wrap_model(model, setup, distributed)
+    out = wrap_model(model, RunPlan("test", strategy, scaling, setup, Precision.fp32))
     if wrapper is None:
         assert out is model
         return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tennis_exp.metrics import classification_metrics, confusion_matrix, plot_confusion
+from tennis_exp.engine.metrics import classification_metrics, confusion_matrix, plot_confusion
 
 NAMES = ["Smash", "Net Play", "Rally", "Serve"]
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tennis_exp.config import Precision
+from tennis_exp.engine.hardware import autocast
 from tennis_exp.errors import UserError
-from tennis_exp.hardware import autocast
-from tennis_exp.models import build_model
+from tennis_exp.models.cnn_lstm import build_model
 
 from .conftest import compose_config
 

@@ -13,7 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch.utils.data import Dataset
 
-from tennis_exp import train as train_module
+from tennis_exp.engine import train as train_module
 
 from .conftest import run_cli
 
@@ -107,7 +107,23 @@ def _in_process(smoke_cfg, tmp_path, store):
     return cfg
 
 
-def test_stopped_mid_epoch_resumes_at_the_same_step(smoke_cfg, tmp_path, monkeypatch):
+def _as_the_previous_release_wrote_it(path):
+    """The checkpoint with its plateau state as the previous release saved it: the state dict
+    of torch's ReduceLROnPlateau (and no format change besides)."""
+    payload = torch.load(path, weights_only=True)
+    plateau, training = payload["scheduler_state_dict"], payload["config"]["training"]
+    lr = training["learning_rate"] * plateau["scale"]  # hardware=cpu: the plan is the LR given
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    old = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=training["lr_factor"], patience=training["lr_patience"]
+    )
+    old.best, old.num_bad_epochs = plateau["best"], plateau["bad_epochs"]
+    payload["scheduler_state_dict"] = old.state_dict()
+    torch.save(payload, path)
+
+
+@pytest.mark.parametrize("written_by", ["this release", "the previous release"])
+def test_stopped_mid_epoch_resumes_at_the_same_step(smoke_cfg, tmp_path, monkeypatch, written_by):
     straight = _in_process(smoke_cfg, tmp_path, "a.db")
     train_module.train(straight, tmp_path / "straight")
 
@@ -126,6 +142,8 @@ def test_stopped_mid_epoch_resumes_at_the_same_step(smoke_cfg, tmp_path, monkeyp
     assert last["epoch"] == 1
     assert (last["epoch_progress"]["epoch"], last["epoch_progress"]["batches_done"]) == (2, 10)
     assert _only_run(tmp_path, "b.db")[0].info.status == "KILLED"
+    if written_by == "the previous release":
+        _as_the_previous_release_wrote_it(run_dir / "checkpoints" / "last.pth")
 
     resume = copy.deepcopy(smoke_cfg)
     resume.resume = str(run_dir)
@@ -142,6 +160,6 @@ def test_resume_refuses_a_checkpoint_without_training_state(tmp_path):
     assert out.stderr.strip().splitlines() == [
         f"Error: resume={tmp_path / 'weights.pth'}: {tmp_path / 'weights.pth'} cannot be resumed "
         "(it lacks optimizer_state_dict, scheduler_state_dict, epoch, best_f1, global_step, "
-        "config, rng_states, mlflow_run_id, mlflow_tracking_uri); start from its weights with "
+        "rng_states, config, mlflow_run_id, mlflow_tracking_uri); start from its weights with "
         "model.init_from instead"
     ]

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tennis_exp import synthetic
 from tennis_exp.config import EVENTS, THETIS_ACTIONS, THETIS_EXCLUDED
+from tennis_exp.data import synthetic
+from tennis_exp.data.synthetic import ensure_synthetic, expected_windows
 from tennis_exp.errors import UserError
-from tennis_exp.synthetic import ensure_synthetic, expected_windows
 
 SPLITS = ("train", "val", "test")
 STRIDES = {"train": 8, "val": 16, "test": 16}
@@ -109,7 +109,7 @@ def test_full_plan_has_the_real_window_counts():
     }
     assert expected["train"] == {"Smash": 839, "Net Play": 1597, "Rally": 4344, "Serve": 995}
     for preset in ("full", "small", "tiny"):
-        plan = synthetic._plan(preset)
+        plan = synthetic.plan(preset)
         lengths = {split: {} for split in SPLITS}
         for split, videos in plan.items():
             for video in videos:
@@ -125,7 +125,7 @@ def test_small_preset_size_and_priors():
     assert 1000 <= totals["train"] <= 1400
     assert 200 <= totals["val"] <= 250 and 200 <= totals["test"] <= 250
     # Spread over many short videos: from a few long ones a small CNN learns each video's look.
-    assert len(synthetic._plan("small")["train"]) >= totals["train"] // 2
+    assert len(synthetic.plan("small")["train"]) >= totals["train"] // 2
     for split in SPLITS:
         for event in EVENTS:
             prior = full[split][event] / sum(full[split].values())
@@ -140,7 +140,7 @@ def test_deterministic_by_seed(tiny: Path, tmp_path: Path, monkeypatch):
     first = digest(tiny)
     assert digest(tmp_path / "same") == first
     # Another seed renders the same plan differently; a few videos show it.
-    for index, video in enumerate(synthetic._plan("tiny")["val"][:5]):
+    for index, video in enumerate(synthetic.plan("tiny")["val"][:5]):
         (tmp_path / "other" / video.action).mkdir(parents=True, exist_ok=True)
         synthetic._write_video((tmp_path / "other", 1, index, video, 1, SIZE))
     other = digest(tmp_path / "other")

@@ -28,6 +28,7 @@ from PIL import Image
 
 from tennis_exp.config import EVENTS, THETIS_ACTIONS, THETIS_EXCLUDED
 from tennis_exp.errors import UserError
+from tennis_exp.files import write_text
 
 try:
     import fcntl
@@ -77,7 +78,9 @@ _LOOKS_LIKE = {
 _POOL_MIN_FRAMES = 4000
 
 
-class _Video(NamedTuple):
+class Video(NamedTuple):
+    """One planned clip: its folder name, THETIS action folder and frame count."""
+
     name: str
     action: str
     length: int
@@ -177,16 +180,14 @@ def _install(tmp: Path, root: Path, settings: dict) -> None:
 
 
 def _write_marker(folder: Path, content: dict) -> None:
-    partial = folder / (_MARKER + ".partial")
-    partial.write_text(json.dumps(content, indent=2, sort_keys=True))
-    os.replace(partial, folder / _MARKER)
+    write_text(folder / _MARKER, json.dumps(content, indent=2, sort_keys=True))
 
 
 # ---------------------------------------------------------------------------------------------
 # Plan: which videos each split holds and how long they are (independent of the seed).
 
 
-def _plan(preset: str) -> dict[str, list[_Video]]:
+def plan(preset: str) -> dict[str, list[Video]]:
     """split -> videos (name, action folder, frame count), including excluded and short ones."""
     _check_preset(preset)
     rng = np.random.default_rng([_PLAN_SEED, sorted(_TARGETS).index(preset)])
@@ -216,7 +217,7 @@ def _plan(preset: str) -> dict[str, list[_Video]]:
         ]
         order = rng.permutation(len(videos))
         plan[split] = [
-            _Video(f"p{i:04d}_{videos[j][0]}", videos[j][0], videos[j][1])
+            Video(f"p{i:04d}_{videos[j][0]}", videos[j][0], videos[j][1])
             for i, j in enumerate(order)
         ]
     return plan
@@ -228,7 +229,7 @@ def _plan(preset: str) -> dict[str, list[_Video]]:
 
 def _generate(out: Path, preset: str, seed: int, image_size: int) -> None:
     tasks = []
-    for split_index, (split, videos) in enumerate(_plan(preset).items()):
+    for split_index, (split, videos) in enumerate(plan(preset).items()):
         for index, video in enumerate(videos):
             (out / split / video.action).mkdir(parents=True, exist_ok=True)
             tasks.append((out / split, split_index, index, video, seed, image_size))
@@ -253,12 +254,19 @@ def _usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _write_video(task: tuple) -> None:
-    split_dir, split_index, index, video, seed, image_size = task
+def render_clip(video: Video, split_index: int, index: int, seed: int, image_size: int):
+    """The frames (T, S, S, 3) uint8 of the `index`-th planned video of a split, the same
+    whatever process renders it (each video has its own random stream)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed % 2**64, split_index, index]))
     frames, _ = _render_video(
         _LOOKS_LIKE[video.action], video.action, video.length, image_size, rng, _cast(seed)
     )
+    return frames
+
+
+def _write_video(task: tuple) -> None:
+    split_dir, split_index, index, video, seed, image_size = task
+    frames = render_clip(video, split_index, index, seed, image_size)
     folder = split_dir / video.action / video.name
     folder.mkdir()
     for t, frame in enumerate(frames, start=1):

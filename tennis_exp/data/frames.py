@@ -15,11 +15,9 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -30,6 +28,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from tennis_exp.errors import UserError
+from tennis_exp.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +145,7 @@ def scan_split(root: Path, split: str, data_cfg) -> SplitIndex:
                 f"valid events: {list(data_cfg.events)}"
             )
         label = event_index[event]
-        for video in video_dirs:
+        for video in video_dirs[: data_cfg.max_videos_per_action]:
             frames = _list_frames(os.path.join(action_dir, video))
             starts = range(0, len(frames) - window + 1, stride)
             if not starts:
@@ -243,25 +242,9 @@ def _fill_video(out: np.ndarray, paths: VideoFrames, image_size: int) -> None:
         out[i] = image.numpy()
 
 
-@contextmanager
-def written_atomically(path: Path) -> Iterator[str]:
-    """A private temporary file beside `path`, renamed into place when the block succeeds: a
-    killed build leaves no half-written file, and concurrent builders of the same file each
-    rename a complete, identical one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _build_cache(index: SplitIndex, image_size: int, path: Path) -> None:
     offsets = _frame_offsets(index)
-    with written_atomically(path) as tmp:
+    with atomic_write(path) as tmp:
         out = np.lib.format.open_memmap(
             tmp, mode="w+", dtype=np.uint8, shape=(int(offsets[-1]), 3, image_size, image_size)
         )
@@ -381,7 +364,7 @@ def _check_root(root: Path) -> None:
     if not root.exists():
         raise UserError(
             f"data.root={root} does not exist; point it at a folder holding {_LAYOUT} "
-            f"or set data.synthetic to generate one"
+            f"or use data=synthetic to generate one"
         )
     if not root.is_dir():
         raise UserError(f"data.root={root} is not a directory; expected a folder holding {_LAYOUT}")
@@ -398,8 +381,8 @@ def _check_root(root: Path) -> None:
 def build_datasets(data_cfg, seed: int) -> dict[str, WindowDataset]:
     """Scan (and cache) every split; returns {"train", "val", "test"} -> WindowDataset."""
     root = Path(data_cfg.root).expanduser().absolute()
-    if data_cfg.synthetic is not None:
-        from tennis_exp.synthetic import ensure_synthetic
+    if data_cfg.synthetic.generate:
+        from tennis_exp.data.synthetic import ensure_synthetic
 
         preset = data_cfg.synthetic.preset
         ensure_synthetic(

@@ -85,7 +85,7 @@ def loader_batch_size(plan: ScalingPlan, strategy: Strategy) -> int:
 class DeviceSetup:
     device: torch.device  # where the model and each batch live (the first device)
     device_ids: list[int]  # CUDA device ids used by this run; empty on the CPU
-    strategy: Strategy
+    fallback: bool = False  # a GPU profile running on the CPU: no GPU was visible
 
     def for_rank(self, local_rank: int) -> DeviceSetup:
         """A DDP process's own device: the local rank's GPU (the CPU stays the CPU)."""
@@ -107,12 +107,12 @@ def select_devices(hw, visible_cuda: int, dry_run: bool = False) -> DeviceSetup:
                 f"hardware.devices={wanted} with hardware.accelerator=cpu: DataParallel needs "
                 "CUDA devices; use hardware.devices=1 on the CPU"
             )
-        return DeviceSetup(torch.device("cpu"), [], strategy)
+        return DeviceSetup(torch.device("cpu"), [])
     if dry_run:
-        return DeviceSetup(torch.device("cuda", 0), list(range(wanted)), strategy)
+        return DeviceSetup(torch.device("cuda", 0), list(range(wanted)))
     if visible_cuda == 0 and wanted == 1:
         log.warning("hardware=%s: no CUDA device is visible; falling back to the CPU", hw.name)
-        return DeviceSetup(torch.device("cpu"), [], strategy)
+        return DeviceSetup(torch.device("cpu"), [], fallback=True)
     if wanted > visible_cuda:
         env = os.environ.get("CUDA_VISIBLE_DEVICES")
         raise UserError(
@@ -120,7 +120,7 @@ def select_devices(hw, visible_cuda: int, dry_run: bool = False) -> DeviceSetup:
             f"(CUDA_VISIBLE_DEVICES={env if env is not None else 'unset'}); pick a profile with "
             f"at most {visible_cuda} device(s) or set hardware.devices"
         )
-    return DeviceSetup(torch.device("cuda", 0), list(range(wanted)), strategy)
+    return DeviceSetup(torch.device("cuda", 0), list(range(wanted)))
 
 
 def resolve_precision(requested: Precision, device_type: str, bf16_supported: bool) -> Precision:
@@ -154,44 +154,107 @@ def autocast(precision: Precision, device_type: str) -> torch.autocast:
     )
 
 
-def wrap_model(model: nn.Module, setup: DeviceSetup, distributed: bool) -> nn.Module:
-    """Move the model to its device; wrap it in DistributedDataParallel inside a process group,
-    or in DataParallel when one process drives several GPUs."""
-    model = model.to(setup.device)
-    if setup.strategy is Strategy.ddp and distributed:
-        ids = [setup.device.index] if setup.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if setup.strategy is Strategy.dp and len(setup.device_ids) > 1:
-        return nn.DataParallel(
-            model, device_ids=setup.device_ids, output_device=setup.device_ids[0]
-        )
-    return model
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run uses, decided once before any work and handed to every rank: the strategy,
+    the scaling, the devices and the precision. A DDP rank's own copy is `for_rank`'s."""
 
+    hardware: str  # the profile's name
+    strategy: Strategy
+    scaling: ScalingPlan
+    setup: DeviceSetup
+    precision: Precision
+    dry_run: bool = False
 
-def banner(
-    setup: DeviceSetup,
-    plan: ScalingPlan,
-    precision: Precision,
-    train_size: int | None,
-    backend: str | None = None,
-) -> list[str]:
-    """The lines the users' old script printed, then the scaling plan (train_size None: dry run)."""
-    lines = [f"Using device: {setup.device.type}"]
-    if len(setup.device_ids) > 1:
+    @property
+    def device(self) -> torch.device:
+        return self.setup.device
+
+    @property
+    def world_size(self) -> int:
+        """Processes that train: one per device under DDP, one under DataParallel."""
+        return self.scaling.devices if self.strategy is Strategy.ddp else 1
+
+    @property
+    def loader_batch_size(self) -> int:
+        return loader_batch_size(self.scaling, self.strategy)
+
+    @property
+    def backend(self) -> str:
+        """DDP's process group backend."""
+        return "nccl" if self.device.type == "cuda" else "gloo"
+
+    def for_rank(self, local_rank: int) -> RunPlan:
+        """A DDP rank's own plan: its device is the local rank's GPU."""
+        if self.strategy is not Strategy.ddp:
+            return self
+        return replace(self, setup=self.setup.for_rank(local_rank))
+
+    def params(self) -> dict[str, object]:
+        """What the run really uses, as MLflow params (the config says what was asked)."""
+        return {
+            "scaling.devices": self.scaling.devices,
+            "scaling.world_size": self.world_size,
+            "scaling.per_device_batch_size": self.scaling.per_device_batch_size,
+            "scaling.effective_batch_size": self.scaling.effective_batch_size,
+            "scaling.learning_rate": self.scaling.learning_rate,
+            "run.device": self.device.type,
+            "run.device_ids": ",".join(map(str, self.setup.device_ids)) or "none",
+            "run.precision": self.precision.value,
+        }
+
+    def banner(self, train_size: int | None) -> list[str]:
+        """The lines the users' old script printed, then the plan (train_size None: dry run)."""
+        lines = [f"Using device: {self.device.type}"]
+        ids = list(self.setup.device_ids)
+        if len(ids) > 1:
+            lines += [f"Using {len(ids)} GPUs for training!", f"GPU IDs: {ids}"]
+        scaling = self.scaling
         lines += [
-            f"Using {len(setup.device_ids)} GPUs for training!",
-            f"GPU IDs: {setup.device_ids}",
+            f"Strategy: ddp (backend {self.backend}, world size {scaling.devices})"
+            if self.strategy is Strategy.ddp
+            else "Strategy: dp",
+            f"Precision: {self.precision.value}",
+            f"Train set: {train_size} samples"
+            if train_size is not None
+            else "Train set: not loaded (dry run; devices not checked)",
+            f"Per-device batch size: {scaling.per_device_batch_size} ({scaling.batch_rule})",
+            f"Effective batch size: {scaling.effective_batch_size}",
+            f"Learning rate: {scaling.learning_rate:g} ({scaling.lr_rule})",
         ]
-    lines += [
-        f"Strategy: ddp (backend {backend}, world size {plan.devices})"
-        if setup.strategy is Strategy.ddp
-        else "Strategy: dp",
-        f"Precision: {precision.value}",
-        f"Train set: {train_size} samples"
-        if train_size is not None
-        else "Train set: not loaded (dry run; devices not checked)",
-        f"Per-device batch size: {plan.per_device_batch_size} ({plan.batch_rule})",
-        f"Effective batch size: {plan.effective_batch_size}",
-        f"Learning rate: {plan.learning_rate:g} ({plan.lr_rule})",
-    ]
-    return lines
+        return lines
+
+
+def plan_run(cfg, world_size: int | None = None) -> RunPlan:
+    """The run's plan from its config. `world_size`: the process group's, when torchrun or
+    SLURM started the ranks (across nodes it exceeds one node's devices). A dry run plans
+    without devices and shows the precision as asked."""
+    hw = cfg.hardware
+    scaling = plan_scaling(
+        cfg.training.batch_size,
+        cfg.training.learning_rate,
+        world_size or hw.devices,
+        hw.batch_scaling,
+        hw.lr_scaling,
+    )
+    visible = torch.cuda.device_count() if hw.accelerator is Accelerator.cuda else 0
+    setup = select_devices(hw, visible, dry_run=cfg.dry_run)
+    precision = hw.precision
+    if not cfg.dry_run:
+        bf16 = setup.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        precision = resolve_precision(hw.precision, setup.device.type, bf16)
+    return RunPlan(hw.name, hw.strategy, scaling, setup, precision, cfg.dry_run)
+
+
+def wrap_model(model: nn.Module, plan: RunPlan) -> nn.Module:
+    """Move the module to its device; wrap it in DistributedDataParallel (a DDP rank) or in
+    DataParallel (one process driving several GPUs). Wrap only what trains: DataParallel
+    copies every parameter it holds to every GPU at every step."""
+    model = model.to(plan.device)
+    if plan.strategy is Strategy.ddp:
+        ids = [plan.device.index] if plan.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    ids = list(plan.setup.device_ids)
+    if len(ids) > 1:
+        return nn.DataParallel(model, device_ids=ids, output_device=ids[0])
+    return model

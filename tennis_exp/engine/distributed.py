@@ -3,7 +3,7 @@
 `python -m tennis_exp hardware.strategy=ddp` launches the workers itself (the job's process is
 the elastic agent and keeps the MLflow run); under `torchrun`, or as one task of a submitit
 (SLURM) job with one task per device, every process is already a worker and the launch is
-skipped. Everything rank-dependent lives here.
+skipped. How processes join, talk and fail together lives here; what they run is handed in.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,11 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as torch_dist
-from omegaconf import DictConfig, OmegaConf
-from torch.distributed.elastic.multiprocessing.errors import record
+from omegaconf import DictConfig
 
-from tennis_exp.config import Strategy
-from tennis_exp.errors import UserError, one_line_report
+from tennis_exp.config import Accelerator, Strategy
+from tennis_exp.errors import UserError, first_line, one_line_report
 
 if TYPE_CHECKING:
     from submitit import JobEnvironment
@@ -120,10 +119,22 @@ def _submitit_tasks() -> JobEnvironment | None:
     return job if job.num_tasks > 1 else None
 
 
-def backend(cfg: DictConfig) -> str:
-    return (
-        "nccl" if cfg.hardware.accelerator.value == "cuda" and torch.cuda.is_available() else "gloo"
-    )
+def _backend(cfg: DictConfig) -> str:
+    cuda = cfg.hardware.accelerator is Accelerator.cuda and torch.cuda.is_available()
+    return "nccl" if cuda else "gloo"
+
+
+@contextmanager
+def joined(cfg: DictConfig) -> Iterator[Dist]:
+    """This process's place in the job: a rank of the process group a launcher started it in
+    (ours, torchrun or submitit), joined here and left at the end; else the only process."""
+    if not launched_by_torchrun():
+        yield Dist()
+        return
+    try:
+        yield init_process_group(cfg)
+    finally:
+        destroy_process_group()
 
 
 def init_process_group(cfg: DictConfig) -> Dist:
@@ -131,19 +142,22 @@ def init_process_group(cfg: DictConfig) -> Dist:
     job = _submitit_tasks()
     if job is not None:
         _export_submitit_env(cfg, job)
+    else:
+        _check_torchrun(cfg)
     dist = Dist(
         rank=int(os.environ["RANK"]),
         local_rank=int(os.environ["LOCAL_RANK"]),
         world_size=int(os.environ["WORLD_SIZE"]),
     )
-    if backend(cfg) == "nccl":
+    backend = _backend(cfg)
+    if backend == "nccl":
         torch.cuda.set_device(dist.local_rank)
-    if backend(cfg) == "gloo" and "OMP_NUM_THREADS" not in os.environ:  # torchrun sets it
+    if backend == "gloo" and "OMP_NUM_THREADS" not in os.environ:  # torchrun sets it
         # Ranks share the CPU: without this each one starts a thread per core.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
     if not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend(cfg))
-    if backend(cfg) == "nccl":
+        torch_dist.init_process_group(backend)
+    if backend == "nccl":
         _PeerWatch.start(dist)
     if not dist.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the job
@@ -156,6 +170,17 @@ def process_rank() -> int:
     if job is not None:
         return job.global_rank
     return int(os.environ["RANK"]) if _torchrun() else 0
+
+
+def _check_torchrun(cfg: DictConfig) -> None:
+    hw, per_node = cfg.hardware, int(os.environ["LOCAL_WORLD_SIZE"])
+    if hw.strategy is not Strategy.ddp:
+        raise UserError("torchrun starts DDP workers: add hardware.strategy=ddp")
+    if hw.devices != per_node:
+        raise UserError(
+            f"hardware.devices={hw.devices} but torchrun started {per_node} process(es) per "
+            "node: make them equal"
+        )
 
 
 def _export_submitit_env(cfg: DictConfig, job: JobEnvironment) -> None:
@@ -297,8 +322,9 @@ class _PeerWatch:
             return
 
 
-def launch(cfg: DictConfig, output_dir: Path, run_id: str, nprocs: int) -> float:
-    """Start `nprocs` workers on this machine and wait; return rank 0's result.
+def launch(entry: Callable[..., float], args: tuple, nprocs: int, log_dir: Path) -> float:
+    """Start `nprocs` workers on this machine running `entry(*args)` and wait; return rank 0's
+    result. `entry` is a module-level function (spawned processes import it by name).
 
     If any worker fails, the agent stops the others and this raises, naming the failing rank
     and its error, so the job ends in bounded time.
@@ -307,7 +333,6 @@ def launch(cfg: DictConfig, output_dir: Path, run_id: str, nprocs: int) -> float
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    log_dir = output_dir / "ranks"
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -322,19 +347,14 @@ def launch(cfg: DictConfig, output_dir: Path, run_id: str, nprocs: int) -> float
         # Every rank's output goes to a file; rank 0's is also shown on the console.
         logs_specs=DefaultLogsSpecs(log_dir=str(log_dir), redirects=Std.ALL, tee={0: Std.ALL}),
     )
-    container = OmegaConf.to_container(cfg, resolve=True)
     try:
-        results = elastic_launch(config, worker)(container, str(output_dir), run_id)
+        results = elastic_launch(config, entry)(*args)
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
         message = failure.message
         if isinstance(message, dict):
             message = message.get("message", "")
-        message = (
-            str(message).strip().splitlines()[0]
-            if str(message).strip()
-            else (f"exit code {failure.exitcode}")
-        )
+        message = first_line(message) if str(message).strip() else f"exit code {failure.exitcode}"
         raise DistributedFailure(
             f"rank {rank} of {nprocs} failed: {message} (its log is under {log_dir})"
         ) from None
@@ -343,21 +363,6 @@ def launch(cfg: DictConfig, output_dir: Path, run_id: str, nprocs: int) -> float
 
 class DistributedFailure(UserError):
     """A worker failed; its own traceback is in its log file, not repeated here."""
-
-
-@record  # writes the error file through which the agent learns why this rank failed
-def worker(container: dict, output_dir: str, run_id: str) -> float:
-    """One spawned rank: rebuild the config, join the group, train."""
-    from tennis_exp.config import from_container
-    from tennis_exp.train import train_process
-
-    cfg = from_container(container)  # a spawned process has no Hydra
-    dist = init_process_group(cfg)
-    setup_rank_logging(dist, Path(output_dir))
-    try:
-        return train_process(cfg, Path(output_dir), run_id, dist)
-    finally:
-        destroy_process_group()
 
 
 def setup_rank_logging(dist: Dist, output_dir: Path) -> None:

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from tennis_exp.errors import UserError, one_line_report
+from tennis_exp.errors import UserError, first_line, one_line_report
 
 log = logging.getLogger(__name__)
 # MLflow announces the creation of a new SQLite store on stderr; a user mistake found right
@@ -28,12 +27,6 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 DEFAULT_STORE = "mlflow.db"
 _MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 _PARAMS_PER_CALL = 100  # MLflow's limit on params in one log_batch
-
-
-SWEEP_ROLE_TAG = "tennis_exp.role"  # "sweep" on a multirun's parent run
-
-# The errors of the last sweep's failed jobs, in the order they started (see SweepTracking).
-sweep_failures: list[str] = []
 
 
 def default_tracking_uri() -> str:
@@ -68,108 +61,23 @@ def ensure_experiment(uri: str, name: str) -> str:
     except Exception as err:
         if type(err).__name__ == "MlflowException" and "already exists" in str(err):
             return client.get_experiment_by_name(name).experiment_id  # lost a creation race
-        raise UserError(
-            f"MLflow tracking store {uri} is not usable: {str(err).splitlines()[0]}"
-        ) from None
+        raise UserError(f"MLflow tracking store {uri} is not usable: {first_line(err)}") from None
 
 
-def sweep_parent(client, experiment_id: str, sweep_dir: str) -> str | None:
-    """The id of the parent run of the sweep writing into `sweep_dir`, if there is one."""
-    runs = client.search_runs(
-        [experiment_id],
-        f"tags.{SWEEP_ROLE_TAG} = 'sweep' and tags.sweep_dir = '{Path(sweep_dir).resolve()}'",
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else None
+def filter_value(value: str) -> str:
+    """`value` quoted for an MLflow search filter: single quotes, or double ones around a value
+    holding a single quote (a path like /data/o'brien); MLflow's filters have no escapes."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise UserError(f"{value!r} holds both kinds of quote, which MLflow's filters cannot match")
 
 
-def record_failed_job(cfg: DictConfig, output_dir: Path, sweep_dir: str, message: str) -> None:
-    """A sweep job that failed before its run started still gets a FAILED run, so the sweep's
-    table and the UI show it instead of silently having one job fewer."""
-    from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
-
-    uri = tracking_uri(cfg)
-    client = MlflowClient(uri)
-    experiment_id = ensure_experiment(uri, cfg.experiment_name)
-    if client.search_runs([experiment_id], f"tags.output_dir = '{output_dir.resolve()}'"):
-        return  # the job's own run exists and is already marked FAILED
-    tags = {
-        "hardware": cfg.hardware.name,
-        "strategy": cfg.hardware.strategy.value,
-        "sweep_dir": str(Path(sweep_dir).resolve()),
-        "output_dir": str(output_dir.resolve()),
-        "error": message[:5000],
-    }
-    parent = sweep_parent(client, experiment_id, sweep_dir)
-    if parent:
-        tags["mlflow.parentRunId"] = parent
-    name = f"{cfg.hardware.name}-{cfg.hardware.strategy.value}-failed"
-    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-    client.log_batch(
-        run_id,
-        params=[
-            Param("scaling.devices", str(cfg.hardware.devices)),
-            Param("hardware.strategy", cfg.hardware.strategy.value),
-        ],
-    )
-    client.set_terminated(run_id, "FAILED")
-
-
-def child_runs(client, parent) -> list:
-    return client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-        max_results=5000,
-    )
-
-
-class SweepTracking(Callback):
-    """A multirun is one parent MLflow run with a nested run per job, and ends with the
-    comparison table (terminal, markdown, CSV, plots) logged to the parent.
-
-    The store and experiment are also created here, once, before the jobs start: the SQLite
-    schema migration takes seconds and races when jobs start it concurrently.
-    """
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlflow.tracking import MlflowClient
-
-        uri = tracking_uri(config)
-        experiment_id = ensure_experiment(uri, config.experiment_name)
-        sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
-        MlflowClient(uri).create_run(
-            experiment_id,
-            run_name=f"sweep {Path(sweep_dir).parent.name}/{Path(sweep_dir).name}",
-            tags={SWEEP_ROLE_TAG: "sweep", "sweep_dir": sweep_dir},
-        )
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlflow.tracking import MlflowClient
-
-        from tennis_exp.compare import report, to_text
-
-        uri = tracking_uri(config)
-        client = MlflowClient(uri)
-        experiment_id = client.get_experiment_by_name(config.experiment_name).experiment_id
-        sweep_dir = Path(config.hydra.sweep.dir).resolve()
-        parent_id = sweep_parent(client, experiment_id, str(sweep_dir))
-        if parent_id is None:
-            return
-        children = child_runs(client, client.get_run(parent_id))
-        rows, paths = report(client, children, sweep_dir / "comparison")
-        for path in paths:
-            client.log_artifact(parent_id, str(path))
-        log.info("Sweep of %d job(s):\n%s", len(rows), to_text(rows))
-        failed = any(r.status != "FINISHED" for r in rows)
-        client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
-        # A job that failed on a user error returned NaN so that the sweep went on; one that a
-        # submitit launcher ran in another process can only tell this process through its run.
-        sweep_failures[:] = [
-            run.data.tags.get("error", f"{run.info.run_name} failed")
-            for run in sorted(children, key=lambda r: r.info.start_time)
-            if run.info.status == "FAILED"
-        ]
+def runs_tagged(client, experiment_id: str, tags: dict[str, str], max_results: int = 1000):
+    """The experiment's runs with these exact tag values."""
+    where = " and ".join(f"tags.`{k}` = {filter_value(v)}" for k, v in tags.items())
+    return client.search_runs([experiment_id], where, max_results=max_results)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -254,38 +162,24 @@ def mlflow_run(
     run_name: str,
     tags: dict[str, str],
     resume_id: str | None = None,
+    parent_id: str | None = None,
     system_metrics: bool = False,
 ) -> Iterator[Run]:
     """A run that ends FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED (with the error as a tag).
 
-    With `resume_id` the interrupted run is reopened and continues where it stopped. A job of a
-    sweep (a `sweep_dir` tag) is nested under the sweep's parent run. `system_metrics` logs
-    CPU, memory and per-GPU utilisation and memory (MLflow's `system/` metrics).
+    With `resume_id` the interrupted run is reopened and continues where it stopped; a new run
+    is nested under `parent_id` if given. `system_metrics` logs CPU, memory and per-GPU
+    utilisation and memory (MLflow's `system/` metrics).
     """
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
-    experiment_id = ensure_experiment(uri, experiment)
     client = MlflowClient(uri)
+    experiment_id = ensure_experiment(uri, experiment)
     if resume_id:
-        try:
-            previous = client.get_run(resume_id)
-        except MlflowException:
-            raise UserError(f"the run to resume, {resume_id}, is not in the store {uri}") from None
-        info = previous.info
-        client.update_run(resume_id, status="RUNNING")
-        if "error" in previous.data.tags:
-            client.delete_tag(resume_id, "error")
+        info = _reopen(client, uri, resume_id)
     else:
-        commit = git_commit()
-        if commit:
-            tags = {**tags, "mlflow.source.git.commit": commit}
-        parent = tags.get("sweep_dir") and sweep_parent(client, experiment_id, tags["sweep_dir"])
-        if parent:
-            tags = {**tags, "mlflow.parentRunId": parent}
-        info = client.create_run(experiment_id, run_name=run_name, tags=tags).info
-    run = Run(client, info.run_id)
+        info = _create(client, experiment_id, run_name, tags, parent_id)
     log.info(
         "MLflow run %s (%s) in experiment '%s' at %s%s",
         info.run_name,
@@ -296,16 +190,9 @@ def mlflow_run(
     )
     # `kill` (SIGTERM, as `nohup` jobs are stopped) would otherwise end Python without cleanup.
     previous = signal.signal(signal.SIGTERM, _interrupt)
-    monitor = None
-    if system_metrics:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        monitor = SystemMetricsMonitor(
-            info.run_id, sampling_interval=5, tracking_uri=uri, resume_logging=bool(resume_id)
-        )
-        monitor.start()
+    monitor = _system_monitor(uri, info.run_id, bool(resume_id)) if system_metrics else None
     try:
-        yield run
+        yield Run(client, info.run_id)
     except BaseException as err:
         client.set_tag(info.run_id, "error", one_line_report(err)[:5000])
         # A signal to the whole process group also kills loader workers, whose death then
@@ -319,3 +206,35 @@ def mlflow_run(
         if monitor is not None:
             monitor.finish()
     client.set_terminated(info.run_id, "FINISHED")
+
+
+def _reopen(client, uri: str, run_id: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        previous = client.get_run(run_id)
+    except MlflowException:
+        raise UserError(f"the run to resume, {run_id}, is not in the store {uri}") from None
+    client.update_run(run_id, status="RUNNING")
+    if "error" in previous.data.tags:
+        client.delete_tag(run_id, "error")
+    return previous.info
+
+
+def _create(client, experiment_id: str, run_name: str, tags: dict[str, str], parent_id):
+    commit = git_commit()
+    if commit:
+        tags = {**tags, "mlflow.source.git.commit": commit}
+    if parent_id:
+        tags = {**tags, "mlflow.parentRunId": parent_id}
+    return client.create_run(experiment_id, run_name=run_name, tags=tags).info
+
+
+def _system_monitor(uri: str, run_id: str, resumed: bool):
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=5, tracking_uri=uri, resume_logging=resumed
+    )
+    monitor.start()
+    return monitor

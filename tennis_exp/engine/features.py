@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from tennis_exp.config import Precision
-from tennis_exp.data import WindowDataset, written_atomically
-from tennis_exp.distributed import Dist
-from tennis_exp.hardware import autocast
-from tennis_exp.models import CNNLSTM
+from tennis_exp.data.frames import WindowDataset
+from tennis_exp.engine.distributed import Dist
+from tennis_exp.engine.hardware import autocast
+from tennis_exp.files import atomic_write
+from tennis_exp.models.cnn_lstm import CNNLSTM
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def _compute(
     was_training = model.training
     model.eval()
     try:
-        with written_atomically(path) as tmp:
+        with atomic_write(path) as tmp:
             out = None
             for start in range(0, len(frames), _CHUNK):
                 chunk = torch.from_numpy(np.array(frames[start : start + _CHUNK]))

@@ -1,28 +1,73 @@
-"""Checkpoints: atomic writes, weights-only loading, wrapper prefixes.
+"""Checkpoint files: the one place they are written and read.
 
-A checkpoint is the users' old format, a dict with `model_state_dict`, `optimizer_state_dict`,
-`epoch`, `best_f1` and `config`, so files move freely between the old script and this one.
-The model state is always the unwrapped model's: no `module.` (DataParallel/DDP) or
-`_orig_mod.` (torch.compile) prefix.
+A checkpoint keeps the users' old format, a dict with `model_state_dict`, `optimizer_state_dict`,
+`epoch`, `best_f1` and `config`, so files move freely between the old script and this one; ours
+add the rest of the train state (`TrainState.state_dict()`) and the MLflow run they belong to.
+The model state is always the unwrapped model's: no `module.` (DataParallel/DDP) or `_orig_mod.`
+(torch.compile) prefix. Files are written atomically and read with `weights_only=True`.
 """
 
 from __future__ import annotations
 
-import errno
-import os
 import pickle
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from tennis_exp.engine.state import TrainState
 from tennis_exp.errors import UserError, first_line
+from tennis_exp.files import atomic_write
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# The envelope around the train state: `resume` needs these and the train state's own keys.
+_RUN_KEYS = ("config", "mlflow_run_id", "mlflow_tracking_uri")
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint file's content. Weights alone (the old script's `best_model.pth`, a bare
+    state dict) have no train state and no run."""
+
+    model_state: dict[str, torch.Tensor]
+    config: dict[str, Any] | None = None
+    train_state: dict[str, Any] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    mlflow_tracking_uri: str | None = None
+    path: Path | None = None  # where it was read from
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "model_state_dict": self.model_state,
+            "config": self.config,
+            **self.train_state,
+            "mlflow_run_id": self.mlflow_run_id,
+            "mlflow_tracking_uri": self.mlflow_tracking_uri,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], path: Path | None = None) -> Checkpoint:
+        if "model_state_dict" not in payload:  # a bare state dict
+            return cls(strip_prefixes(payload), path=path)
+        rest = {k: v for k, v in payload.items() if k != "model_state_dict" and k not in _RUN_KEYS}
+        return cls(
+            strip_prefixes(payload["model_state_dict"]),
+            payload.get("config"),
+            rest,
+            payload.get("mlflow_run_id"),
+            payload.get("mlflow_tracking_uri"),
+            path,
+        )
+
+    @property
+    def run_dir(self) -> Path:
+        """The output directory of the run that wrote it (<run dir>/checkpoints/<file>)."""
+        return self.path.parent.parent
 
 
 def strip_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
@@ -46,29 +91,14 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file beside `path`, then rename: a kill mid-save keeps the old file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(
-                f"no space left to write {path} ({err.strerror}); "
-                + ("the previous one is kept" if path.exists() else "nothing was written")
-            ) from None
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
+def save(path: Path, checkpoint: Checkpoint) -> None:
+    """Write atomically: a kill or a full disk mid-save keeps the previous file."""
+    with atomic_write(path) as tmp:
+        torch.save(checkpoint.payload(), tmp)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load with `weights_only=True`; never falls back to unsafe unpickling."""
+def load(path: str | Path) -> Checkpoint:
+    """Read with `weights_only=True`; never falls back to unsafe unpickling."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
@@ -87,20 +117,31 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict):
         raise UserError(f"checkpoint {path} holds a {type(payload).__name__}, not a dict")
-    return payload
+    return Checkpoint.from_payload(payload, path)
 
 
-def model_state(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The model weights of a checkpoint dict, or the dict itself if it is a bare state dict."""
-    state = payload.get("model_state_dict", payload)
-    return strip_prefixes(state)
+def load_resumable(target: str) -> Checkpoint:
+    """The checkpoint a `resume=<run dir or checkpoint>` points at, checked to be resumable."""
+    path = Path(target)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pth"
+    checkpoint = load(path)
+    payload = checkpoint.payload()
+    missing = [key for key in (*TrainState.REQUIRED, *_RUN_KEYS) if payload.get(key) is None]
+    if missing:
+        raise UserError(
+            f"resume={target}: {path} cannot be resumed (it lacks {', '.join(missing)}); "
+            "start from its weights with model.init_from instead"
+        )
+    return checkpoint
 
 
-def load_model_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint's weights into `model` (wrapped or not); return the checkpoint dict."""
-    payload = load_checkpoint(path)
+def load_weights(model: nn.Module, source: Checkpoint | str | Path) -> Checkpoint:
+    """Load a checkpoint's weights (a file, or one already read) into `model`, wrapped or not,
+    which they must fit exactly; return the checkpoint."""
+    checkpoint = source if isinstance(source, Checkpoint) else load(source)
     target = unwrap(model)
-    state = model_state(payload)
+    state = checkpoint.model_state
     expected = target.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -109,12 +150,12 @@ def load_model_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
     )
     if missing or unexpected or mismatched:
         raise UserError(
-            f"checkpoint {path} does not fit this model (another architecture?): "
+            f"checkpoint {checkpoint.path} does not fit this model (another architecture?): "
             f"missing {_some(missing)}, unexpected {_some(unexpected)}, "
             f"shape mismatch {_some(mismatched)}"
         )
     target.load_state_dict(state)
-    return payload
+    return checkpoint
 
 
 def _some(keys: list[str], shown: int = 4) -> str:
@@ -122,36 +163,6 @@ def _some(keys: list[str], shown: int = 4) -> str:
         return "none"
     more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
     return f"{len(keys)} keys [{', '.join(keys[:shown])}{more}]"
-
-
-# What `resume` needs beyond the weights; `last.pth` holds all of it.
-RESUME_KEYS = (
-    "model_state_dict",
-    "optimizer_state_dict",
-    "scheduler_state_dict",
-    "epoch",
-    "best_f1",
-    "global_step",
-    "config",
-    "rng_states",
-    "mlflow_run_id",
-    "mlflow_tracking_uri",
-)
-
-
-def resume_checkpoint(target: str) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint a `resume=<run dir or checkpoint>` points at, checked to be resumable."""
-    path = Path(target)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.pth"
-    payload = load_checkpoint(path)
-    missing = [key for key in RESUME_KEYS if key not in payload]
-    if missing:
-        raise UserError(
-            f"resume={target}: {path} cannot be resumed (it lacks {', '.join(missing)}); "
-            "start from its weights with model.init_from instead"
-        )
-    return path, payload
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 from tennis_exp.config import Backbone
-from tennis_exp.errors import UserError
+from tennis_exp.errors import UserError, first_line
 
 # ImageNet statistics: what the torchvision backbones were trained with.
 _MEAN = (0.485, 0.456, 0.406)
@@ -48,8 +48,7 @@ def resnet(name: str, pretrained: bool, weights_path: str | None) -> tuple[nn.Mo
             raise UserError(f"model.weights_path={weights_path}: no such file") from None
         except Exception as err:
             raise UserError(
-                f"model.weights_path={weights_path} is not a {name} state dict: "
-                f"{str(err).splitlines()[0]}"
+                f"model.weights_path={weights_path} is not a {name} state dict: {first_line(err)}"
             ) from None
     elif pretrained:
         weights = torchvision.models.get_model_weights(name).DEFAULT
@@ -57,12 +56,34 @@ def resnet(name: str, pretrained: bool, weights_path: str | None) -> tuple[nn.Mo
             net = torchvision.models.get_model(name, weights=weights)
         except Exception as err:
             raise UserError(
-                f"could not download {name} weights ({str(err).splitlines()[0]}); "
+                f"could not download {name} weights ({first_line(err)}); "
                 "on an offline machine pass model.weights_path=<local .pth file>"
             ) from None
     else:
         net = torchvision.models.get_model(name, weights=None)
     return nn.Sequential(*list(net.children())[:-1]), net.fc.in_features
+
+
+def _classify(lstm: nn.LSTM, fc: nn.Sequential, features: torch.Tensor) -> torch.Tensor:
+    """Per-frame features [B, T, D] -> logits: the BiLSTM's last step through the MLP head."""
+    if torch.is_autocast_enabled(features.device.type):
+        # Cached features are stored in float32. Under autocast the backbone hands the LSTM its
+        # autocast dtype, and so do we: CPU autocast's LSTM fails on float32 input.
+        features = features.to(torch.get_autocast_dtype(features.device.type))
+    out, _ = lstm(features)
+    return fc(out[:, -1])
+
+
+class SequenceHead(nn.Module):
+    """The part of a CNNLSTM after the backbone, sharing its parameters: what trains on a
+    frozen backbone's cached features, and all that a wrapper then needs to hold."""
+
+    def __init__(self, lstm: nn.LSTM, fc: nn.Sequential) -> None:
+        super().__init__()
+        self.lstm, self.fc = lstm, fc
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return _classify(self.lstm, self.fc, features)
 
 
 class CNNLSTM(nn.Module):
@@ -111,6 +132,9 @@ class CNNLSTM(nn.Module):
             self.backbone.eval()
         return self
 
+    def head(self) -> SequenceHead:
+        return SequenceHead(self.lstm, self.fc)
+
     def features(self, frames: torch.Tensor) -> torch.Tensor:
         """Per-frame backbone features [B, T, feature_dim]."""
         b, t = frames.shape[:2]
@@ -120,17 +144,12 @@ class CNNLSTM(nn.Module):
         return x.view(b, t, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 3:
-            x = self.features(x)
-        elif torch.is_autocast_enabled(x.device.type):
-            # Cached features are stored in float32. Under autocast the backbone hands the LSTM
-            # its autocast dtype, and so do we: CPU autocast's LSTM fails on float32 input.
-            x = x.to(torch.get_autocast_dtype(x.device.type))
-        out, _ = self.lstm(x)
-        return self.fc(out[:, -1])
+        return _classify(self.lstm, self.fc, x if x.dim() == 3 else self.features(x))
 
 
-def build_model(model_cfg, num_classes: int) -> CNNLSTM:
+def build_model(model_cfg, num_classes: int, weights_follow: bool = False) -> CNNLSTM:
+    """The configured model. `weights_follow`: a checkpoint will supply every weight (resume,
+    `model.init_from`), so no ImageNet weights are read or downloaded for it to replace."""
     if model_cfg.backbone is Backbone.small_cnn:
         if model_cfg.pretrained or model_cfg.weights_path:
             raise UserError(
@@ -138,6 +157,8 @@ def build_model(model_cfg, num_classes: int) -> CNNLSTM:
                 "use model.backbone=resnet18 or resnet50 with model.pretrained/weights_path"
             )
         backbone, dim = small_cnn()
+    elif weights_follow:
+        backbone, dim = resnet(model_cfg.backbone.value, pretrained=False, weights_path=None)
     else:
         backbone, dim = resnet(
             model_cfg.backbone.value, model_cfg.pretrained, model_cfg.weights_path

@@ -1,0 +1,1 @@
+"""Data: frame folders to windows (frames), the synthetic twins."""

@@ -1,0 +1,198 @@
+"""`train(cfg)`: one training run as a list of phases. Plan, data, tracking, then fit and test,
+in this process or in one worker process per device (DDP).
+
+The process that runs `train` plans the run, prepares the data and owns the MLflow run; with
+`hardware.strategy=ddp` it then launches one worker per device (`run_worker`), and under
+torchrun or a SLURM task per device it is itself one of the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from tennis_exp.config import Strategy, from_container, validate
+from tennis_exp.data.frames import WindowDataset, build_datasets
+from tennis_exp.engine import checkpoint, distributed
+from tennis_exp.engine.checkpoint import Checkpoint
+from tennis_exp.engine.distributed import Dist
+from tennis_exp.engine.hardware import RunPlan, plan_run
+from tennis_exp.engine.loop import Job, Trainer, seed_everything
+from tennis_exp.models.cnn_lstm import CNNLSTM, build_model
+from tennis_exp.tracking.runs import (
+    Run,
+    config_params,
+    ensure_experiment,
+    mlflow_run,
+    tracking_uri,
+)
+from tennis_exp.tracking.sweep import sweep_parent
+
+log = logging.getLogger(__name__)
+
+
+def train(
+    cfg: DictConfig,
+    output_dir: Path,
+    overrides: list[str] | None = None,
+    sweep_dir: str | None = None,
+) -> float:
+    """Train, validate every epoch, test the best weights; return the best val macro-F1."""
+    validate(cfg)
+    resume = checkpoint.load_resumable(cfg.resume) if cfg.resume else None
+    if resume is not None:
+        cfg, output_dir = resumed_config(resume, overrides), resume.run_dir
+    with distributed.joined(cfg) as dist, distributed.failures_shared(dist):
+        plan = plan_run(cfg, dist.world_size if dist.active else None)
+        if cfg.dry_run:
+            show_plan(plan, None)
+            log.info("Dry run: nothing trained")
+            return float("nan")
+        if dist.is_main:
+            ensure_experiment(tracking_uri(cfg), cfg.experiment_name)  # a bad store fails first
+        datasets = prepare_data(cfg, dist)
+        if dist.is_main:
+            show_plan(plan, len(datasets["train"]))
+        output_dir = Path(dist.broadcast(str(output_dir)))  # torchrun ranks share rank 0's dir
+        job = Job(cfg, plan, output_dir, None, tracking_uri(cfg))
+        if not dist.is_main:
+            return fit_and_test(job, dist, datasets, resume)
+        with track(job, sweep_dir, resume) as run:
+            job = replace(job, run_id=run.run_id)
+            if resume is None:
+                log_run_inputs(run, job, overrides)
+            if plan.strategy is Strategy.ddp and not dist.active:
+                worker_job = replace(job, resume_from=resume.path if resume else None)
+                ranks_dir = output_dir / "ranks"
+                return distributed.launch(run_worker, (worker_job,), plan.world_size, ranks_dir)
+            return fit_and_test(job, dist, datasets, resume)
+
+
+def resumed_config(resume: Checkpoint, overrides: list[str] | None) -> DictConfig:
+    """The config of the run that `resume` continues, logging to the same MLflow run."""
+    ignored = [o for o in overrides or [] if not o.startswith("resume=")]
+    if ignored:
+        log.warning("resume continues with the run's saved config; ignoring %s", ignored)
+    cfg = from_container(resume.config)
+    cfg.resume = str(resume.path)
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        cfg.tracking.uri = resume.mlflow_tracking_uri
+    progress = resume.train_state.get("epoch_progress")
+    log.info(
+        "Resuming %s after epoch %d%s",
+        resume.run_dir,
+        resume.train_state["epoch"],
+        f" and {progress['batches_done']} batches of the next" if progress else "",
+    )
+    return cfg
+
+
+def show_plan(plan: RunPlan, train_size: int | None) -> None:
+    for line in plan.banner(train_size):
+        log.info(line)
+
+
+def prepare_data(cfg: DictConfig, dist: Dist) -> dict[str, WindowDataset]:
+    """The splits, generated and cached by rank 0 first: the other ranks then find them ready."""
+    if not dist.is_main:
+        dist.barrier()
+    datasets = build_datasets(cfg.data, cfg.seed)
+    if dist.is_main:
+        dist.barrier()
+    return datasets
+
+
+def track(job: Job, sweep_dir: str | None, resume: Checkpoint | None):
+    """The job's MLflow run: a new one (nested under its sweep's), or the resumed one."""
+    cfg, plan = job.cfg, job.plan
+    job.output_dir.mkdir(parents=True, exist_ok=True)
+    tags = {
+        "hardware": plan.hardware,
+        "strategy": plan.strategy.value,
+        "output_dir": str(job.output_dir.resolve()),
+    }
+    if plan.setup.fallback:
+        tags["fallback"] = "cpu: no CUDA device was visible"
+    parent = None
+    if sweep_dir:
+        tags["sweep_dir"] = str(Path(sweep_dir).resolve())
+        from mlflow.tracking import MlflowClient
+
+        experiment_id = ensure_experiment(job.tracking_uri, cfg.experiment_name)
+        parent = sweep_parent(MlflowClient(job.tracking_uri), experiment_id, sweep_dir)
+    system_metrics = cfg.tracking.system_metrics
+    if system_metrics is None:
+        system_metrics = plan.device.type == "cuda"
+    return mlflow_run(
+        job.tracking_uri,
+        cfg.experiment_name,
+        run_name(plan),
+        tags,
+        resume.mlflow_run_id if resume else None,
+        parent,
+        system_metrics,
+    )
+
+
+def log_run_inputs(run: Run, job: Job, overrides: list[str] | None) -> None:
+    """Params (the resolved config and what the run really uses); the config and overrides
+    as files."""
+    run.log_params({**config_params(job.cfg), **job.plan.params()})
+    for name, text in [
+        ("resolved_config.yaml", OmegaConf.to_yaml(job.cfg, resolve=True)),
+        ("overrides.yaml", OmegaConf.to_yaml(list(overrides or []))),
+    ]:
+        (job.output_dir / name).write_text(text)
+        run.log_artifact(job.output_dir / name)
+
+
+def run_name(plan: RunPlan) -> str:
+    """e.g. gpu2-dp-bs64-lr2e-4"""
+    mantissa, exponent = f"{plan.scaling.learning_rate:.2e}".split("e")
+    lr = f"{float(mantissa):g}e{int(exponent)}"
+    return f"{plan.hardware}-{plan.strategy.value}-bs{plan.scaling.effective_batch_size}-lr{lr}"
+
+
+def fit_and_test(
+    job: Job, dist: Dist, datasets: dict[str, WindowDataset] | None, resume: Checkpoint | None
+) -> float:
+    """One process's share of the run: the model, then fit and test; the best val macro-F1.
+    A failure is shared with the other ranks here, inside the MLflow run that records it."""
+    with distributed.failures_shared(dist):
+        if datasets is None:
+            datasets = build_datasets(job.cfg.data, job.cfg.seed)
+        seed_everything(job.cfg.seed)  # the same initial model on every rank
+        model = initial_model(job.cfg, resume)
+        seed_everything(job.cfg.seed + dist.rank)  # each rank its own dropout and augmentation
+        trainer = Trainer(job, dist, model, datasets, resume)
+        trainer.fit()
+        trainer.test()
+        return trainer.state.best_f1
+
+
+def initial_model(cfg: DictConfig, resume: Checkpoint | None) -> CNNLSTM:
+    """The model with the weights it starts from: the resumed run's, `model.init_from`'s, or
+    the configured initial ones."""
+    start = resume
+    if start is None and cfg.model.init_from:
+        start = checkpoint.load(cfg.model.init_from)
+    model = build_model(cfg.model, len(cfg.data.events), weights_follow=start is not None)
+    if start is not None:
+        checkpoint.load_weights(model, start)
+        if resume is None:
+            log.info("Initialised from %s", cfg.model.init_from)
+    return model
+
+
+@record  # writes the error file through which the elastic agent learns why this rank failed
+def run_worker(job: Job) -> float:
+    """One rank that `distributed.launch` started: join the group, then fit and test."""
+    with distributed.joined(job.cfg) as dist:
+        distributed.setup_rank_logging(dist, job.output_dir)
+        resume = checkpoint.load(job.resume_from) if job.resume_from else None
+        return fit_and_test(job, dist, None, resume)

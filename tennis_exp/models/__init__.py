@@ -1,0 +1,1 @@
+"""Models: the users' CNN-LSTM."""

@@ -1,0 +1,1 @@
+"""MLflow: runs, sweeps and their comparison."""

@@ -1,0 +1,226 @@
+"""Comparing runs: the guide's speed table (GPUs, relative speed, effective batch) from
+measured MLflow runs, as a terminal table, markdown, CSV and plots.
+
+Speed-up and scaling efficiency compare a job with the job of the fewest devices *of the same
+type*: a GPU job against a CPU job would be a hardware ratio, not scaling.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+COLUMNS = {
+    "run": "run",
+    "status": "status",
+    "devices": "devices",
+    "strategy": "strategy",
+    "per_device_batch": "per-device batch",
+    "effective_batch": "effective batch",
+    "device": "device",
+    "learning_rate": "LR",
+    "samples_per_sec": "samples/s",
+    "speedup": "speed-up",
+    "efficiency": "efficiency",
+    "epoch_time_s": "epoch s",
+    "peak_mem_gpu0_mb": "GPU0 MiB",
+    "peak_mem_others_mb": "other GPUs MiB",
+    "best_val_macro_f1": "best val F1",
+    "test_macro_f1": "test F1",
+}
+
+
+@dataclass
+class Row:
+    run: str
+    status: str
+    devices: int | None
+    strategy: str
+    per_device_batch: int | None
+    effective_batch: int | None
+    device: str | None  # the device type it ran on: cuda or cpu
+    learning_rate: float | None
+    samples_per_sec: float | None  # median over epochs of the steady-state figure
+    speedup: float | None = None  # against the job with the fewest devices of its type
+    efficiency: float | None = None  # speed-up / devices (1.0 is linear scaling)
+    epoch_time_s: float | None = None
+    peak_mem_gpu0_mb: float | None = None
+    peak_mem_others_mb: float | None = None
+    best_val_macro_f1: float | None = None
+    test_macro_f1: float | None = None
+
+
+def _median(client, run_id: str, key: str) -> float | None:
+    values = [m.value for m in client.get_metric_history(run_id, key)]
+    return statistics.median(values) if values else None
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
+def _device_type(params: dict[str, str]) -> str | None:
+    # Runs from before `run.device` was logged record only the accelerator that was asked for.
+    return params.get("run.device") or params.get("hardware.accelerator")
+
+
+def rows_for(client, runs) -> list[Row]:
+    """One row per run (failed ones included), with speed-ups against the smallest job of the
+    same device type."""
+    rows = []
+    for run in sorted(
+        runs, key=lambda r: (_int(r.data.params.get("scaling.devices")) or 0, r.info.start_time)
+    ):
+        params, metrics, run_id = run.data.params, run.data.metrics, run.info.run_id
+        val_f1 = [m.value for m in client.get_metric_history(run_id, "val/macro_f1")]
+        gpus = sorted(k for k in metrics if k.startswith("perf/peak_mem_mb/gpu"))
+        rows.append(
+            Row(
+                run=run.info.run_name,
+                status=run.info.status,
+                devices=_int(params.get("scaling.devices")),
+                strategy=params.get("hardware.strategy", "?"),
+                per_device_batch=_int(params.get("scaling.per_device_batch_size")),
+                effective_batch=_int(params.get("scaling.effective_batch_size")),
+                device=_device_type(params),
+                learning_rate=float(params["scaling.learning_rate"])
+                if "scaling.learning_rate" in params
+                else None,
+                samples_per_sec=_median(client, run_id, "perf/samples_per_sec"),
+                epoch_time_s=_median(client, run_id, "perf/epoch_time_s"),
+                peak_mem_gpu0_mb=metrics.get("perf/peak_mem_mb/gpu0"),
+                peak_mem_others_mb=max((metrics[k] for k in gpus[1:]), default=None),
+                best_val_macro_f1=max(val_f1) if val_f1 else None,
+                test_macro_f1=metrics.get("test/macro_f1"),
+            )
+        )
+    add_speedups(rows)
+    return rows
+
+
+def add_speedups(rows: list[Row]) -> None:
+    """Speed-up and efficiency of every measured row against the row with the fewest devices
+    of its device type."""
+    measured = [r for r in rows if r.samples_per_sec and r.devices and r.device]
+    for device in {r.device for r in measured}:
+        same = [r for r in measured if r.device == device]
+        base = min(same, key=lambda r: r.devices)
+        for row in same:
+            row.speedup = row.samples_per_sec / base.samples_per_sec
+            row.efficiency = row.speedup / (row.devices / base.devices)
+
+
+_FORMATS = {
+    "learning_rate": "{:.3g}",
+    "samples_per_sec": "{:.1f}",
+    "speedup": "{:.2f}x",
+    "efficiency": "{:.2f}",
+    "epoch_time_s": "{:.1f}",
+    "peak_mem_gpu0_mb": "{:.0f}",
+    "peak_mem_others_mb": "{:.0f}",
+    "best_val_macro_f1": "{:.3f}",
+    "test_macro_f1": "{:.3f}",
+}
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    return _FORMATS.get(key, "{}").format(value)
+
+
+_NOTE = "speed-up and efficiency: against the job with the fewest devices of the same type"
+
+
+def to_markdown(rows: list[Row]) -> str:
+    header = "| " + " | ".join(COLUMNS.values()) + " |"
+    rule = "|" + "---|" * len(COLUMNS)
+    body = ["| " + " | ".join(_cell(k, getattr(r, k)) for k in COLUMNS) + " |" for r in rows]
+    return "\n".join([header, rule, *body, "", _NOTE]) + "\n"
+
+
+def to_text(rows: list[Row]) -> str:
+    cells = [list(COLUMNS.values())] + [[_cell(k, getattr(r, k)) for k in COLUMNS] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join([*lines, _NOTE]) + "\n"
+
+
+def to_csv(rows: list[Row]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(COLUMNS))
+    writer.writeheader()
+    writer.writerows(asdict(r) for r in rows)
+    return out.getvalue()
+
+
+def plot(client, runs, rows: list[Row], out_dir: Path) -> list[Path]:
+    """speedup.png (measured against linear) and val_macro_f1.png (per epoch, per job)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    measured = sorted((r for r in rows if r.speedup is not None), key=lambda r: r.devices)
+    if measured:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        devices = sorted({r.devices for r in measured})
+        base = devices[0]
+        ax.plot(devices, [d / base for d in devices], "--", color="grey", label="linear (ideal)")
+        for device in sorted({r.device for r in measured}):
+            same = [r for r in measured if r.device == device]
+            ax.plot([r.devices for r in same], [r.speedup for r in same], "o-", label=device)
+        for r in measured:
+            ax.annotate(
+                f"{r.strategy} {r.speedup:.2f}x",
+                (r.devices, r.speedup),
+                textcoords="offset points",
+                xytext=(4, -12),
+                fontsize=8,
+            )
+        ax.set(
+            xlabel="devices",
+            ylabel="speed-up over the fewest devices of a type",
+            title="throughput scaling (samples/s)",
+        )
+        ax.legend()
+        fig.tight_layout()
+        paths.append(out_dir / "speedup.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "val/macro_f1")
+        if history:
+            ax.plot(
+                [m.step for m in history],
+                [m.value for m in history],
+                marker=".",
+                label=run.info.run_name,
+            )
+    ax.set(xlabel="epoch", ylabel="val macro-F1", title="validation macro-F1 per job")
+    if ax.lines:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / "val_macro_f1.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def report(client, runs, out_dir: Path) -> tuple[list[Row], list[Path]]:
+    """Write comparison.md, comparison.csv and the plots into out_dir."""
+    rows = rows_for(client, runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "comparison.md").write_text(to_markdown(rows))
+    (out_dir / "comparison.csv").write_text(to_csv(rows))
+    return rows, [
+        out_dir / "comparison.md",
+        out_dir / "comparison.csv",
+        *plot(client, runs, rows, out_dir),
+    ]

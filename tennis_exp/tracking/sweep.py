@@ -1,0 +1,140 @@
+"""Sweeps in MLflow: one parent run per multirun with a nested run per job, a FAILED run for a
+job that failed before its own run started, and the list of failed jobs the command reports.
+
+Failures reach the command through a file, not process state: the command names it in
+$TENNIS_EXP_FAILURE_LOG, jobs in this process or in processes it started (submitit's local
+executor) append to it, and at the sweep's end the Hydra callback adds the failed runs MLflow
+knows of, which also covers jobs on other machines (SLURM).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from tennis_exp.tracking.compare import report, to_text
+from tennis_exp.tracking.runs import ensure_experiment, runs_tagged, tracking_uri
+
+log = logging.getLogger(__name__)
+
+SWEEP_ROLE_TAG = "tennis_exp.role"  # "sweep" on a multirun's parent run
+FAILURE_LOG = "TENNIS_EXP_FAILURE_LOG"
+
+
+def record_failure(output_dir: str, message: str) -> None:
+    """Add a failed job (its output directory, its one-line error) to the command's list."""
+    path = os.environ.get(FAILURE_LOG)
+    if not path:
+        return
+    try:
+        with open(path, "a") as log_file:
+            log_file.write(f"{output_dir}\t{message}\n")
+    except OSError:  # a task on another machine: its FAILED run in MLflow tells instead
+        pass
+
+
+def read_failures(path: Path) -> list[str]:
+    """The failed jobs' errors, in the order they were recorded, one per job."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    jobs = dict(line.split("\t", 1) for line in lines if "\t" in line)
+    return list(jobs.values())
+
+
+def sweep_parent(client, experiment_id: str, sweep_dir: str) -> str | None:
+    """The id of the parent run of the sweep writing into `sweep_dir`, if there is one."""
+    tags = {SWEEP_ROLE_TAG: "sweep", "sweep_dir": str(Path(sweep_dir).resolve())}
+    runs = runs_tagged(client, experiment_id, tags, max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def child_runs(client, parent) -> list:
+    return runs_tagged(
+        client, parent.info.experiment_id, {"mlflow.parentRunId": parent.info.run_id}, 5000
+    )
+
+
+def record_failed_job(cfg: DictConfig, output_dir: Path, sweep_dir: str, message: str) -> None:
+    """A sweep job that failed before its run started still gets a FAILED run, so the sweep's
+    table and the UI show it instead of silently having one job fewer."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(cfg)
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(uri, cfg.experiment_name)
+    if runs_tagged(client, experiment_id, {"output_dir": str(output_dir.resolve())}):
+        return  # the job's own run exists and is already marked FAILED
+    tags = {
+        "hardware": cfg.hardware.name,
+        "strategy": cfg.hardware.strategy.value,
+        "sweep_dir": str(Path(sweep_dir).resolve()),
+        "output_dir": str(output_dir.resolve()),
+        "error": message[:5000],
+    }
+    parent = sweep_parent(client, experiment_id, sweep_dir)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    name = f"{cfg.hardware.name}-{cfg.hardware.strategy.value}-failed"
+    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    client.log_batch(
+        run_id,
+        params=[
+            Param("scaling.devices", str(cfg.hardware.devices)),
+            Param("hardware.strategy", cfg.hardware.strategy.value),
+        ],
+    )
+    client.set_terminated(run_id, "FAILED")
+
+
+class SweepTracking(Callback):
+    """A multirun is one parent MLflow run with a nested run per job, and ends with the
+    comparison table (terminal, markdown, CSV, plots) logged to the parent.
+
+    The store and experiment are also created here, once, before the jobs start: the SQLite
+    schema migration takes seconds and races when jobs start it concurrently.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        uri = tracking_uri(config)
+        experiment_id = ensure_experiment(uri, config.experiment_name)
+        sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
+        MlflowClient(uri).create_run(
+            experiment_id,
+            run_name=f"sweep {Path(sweep_dir).parent.name}/{Path(sweep_dir).name}",
+            tags={SWEEP_ROLE_TAG: "sweep", "sweep_dir": sweep_dir},
+        )
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri(config))
+        experiment_id = client.get_experiment_by_name(config.experiment_name).experiment_id
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        parent_id = sweep_parent(client, experiment_id, str(sweep_dir))
+        if parent_id is None:
+            return
+        children = child_runs(client, client.get_run(parent_id))
+        rows, paths = report(client, children, sweep_dir / "comparison")
+        for path in paths:
+            client.log_artifact(parent_id, str(path))
+        log.info("Sweep of %d job(s):\n%s", len(rows), to_text(rows))
+        failed = any(r.status != "FINISHED" for r in rows)
+        client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+        # Jobs another process ran (submitit) are known here by their FAILED runs.
+        for run in sorted(children, key=lambda r: r.info.start_time):
+            if run.info.status == "FAILED":
+                tags = run.data.tags
+                record_failure(
+                    tags.get("output_dir", run.info.run_id),
+                    tags.get("error", f"{run.info.run_name} failed"),
+                )
