@@ -23,15 +23,17 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def run(cfg: DictConfig) -> float:
     """One job: returns the best val macro-F1, the value sweepers optimise (NaN if it failed)."""
-    from tennis_exp.engine.train import train  # torch and mlflow load once the config is good
+    # torch and mlflow load once the config is good
+    from tennis_exp.engine.devicepool import job_devices
+    from tennis_exp.engine.train import train
 
     hc = HydraConfig.get()
     output_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode is RunMode.MULTIRUN
+    sweep_dir = hc.sweep.dir if multirun else None
     try:
-        return train(
-            cfg, output_dir, list(hc.overrides.task), sweep_dir=hc.sweep.dir if multirun else None
-        )
+        with job_devices(cfg, sweep_dir, hc.launcher) as job_cfg:
+            return train(job_cfg, output_dir, list(hc.overrides.task), sweep_dir=sweep_dir)
     except Exception as err:
         # Raising would print Hydra's multi-line report (and end a sweep): the job reports its
         # mistake, and a sweep goes on with its next job.

@@ -128,6 +128,9 @@ class HardwareConfig:
     name: str = "gpu1"
     accelerator: Accelerator = Accelerator.cuda
     devices: int = 1
+    # CUDA ids to use, one per device; null: 0 .. devices-1. Each job of a parallel sweep
+    # (hydra/launcher=parallel) is given free ones.
+    device_ids: list[int] | None = None
     strategy: Strategy = Strategy.dp
     batch_scaling: BatchScaling = BatchScaling.per_device
     lr_scaling: LrScaling = LrScaling.linear
@@ -187,6 +190,13 @@ def register_configs() -> None:
     # Cached like Hydra's ${now:}: every submitit task then resolves the sweep dir to the one
     # the sweep process chose, instead of a directory of its own.
     OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
+    OmegaConf.register_new_resolver("parallel_jobs", _parallel_jobs, replace=True)
+
+
+def _parallel_jobs(accelerator: Any, devices: int) -> int:
+    from tennis_exp.engine.devicepool import parallel_jobs  # counting GPUs imports torch
+
+    return parallel_jobs(Accelerator(getattr(accelerator, "value", accelerator)), devices)
 
 
 def from_container(container: dict) -> DictConfig:

@@ -26,6 +26,7 @@ import torch.distributed as torch_dist
 from omegaconf import DictConfig
 
 from tennis_exp.config import Accelerator, Strategy
+from tennis_exp.engine.hardware import device_ids
 from tennis_exp.errors import UserError, first_line, one_line_report
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ def init_process_group(cfg: DictConfig) -> Dist:
     )
     backend = _backend(cfg)
     if backend == "nccl":
-        torch.cuda.set_device(dist.local_rank)
+        torch.cuda.set_device(device_ids(cfg.hardware)[dist.local_rank])
     if backend == "gloo" and "OMP_NUM_THREADS" not in os.environ:  # torchrun sets it
         # Ranks share the CPU: without this each one starts a thread per core.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))

@@ -94,11 +94,41 @@ class DeviceSetup:
         return replace(self, device=torch.device("cuda", self.device_ids[local_rank]))
 
 
+def device_ids(hw) -> list[int]:
+    """The CUDA ids a profile uses: `hardware.device_ids` when given (each job of a parallel
+    sweep is given its own), else the first `hardware.devices`."""
+    return list(range(hw.devices)) if hw.device_ids is None else list(hw.device_ids)
+
+
+def _check_device_ids(hw, visible_cuda: int | None) -> list[int]:
+    """`device_ids(hw)`, refused in one line when they do not name `hardware.devices` distinct
+    visible devices (`visible_cuda` None: not checked against the machine, as in a dry run)."""
+    ids = device_ids(hw)
+    if hw.device_ids is None:
+        return ids
+    if len(ids) != hw.devices:
+        raise UserError(
+            f"hardware.device_ids={ids} names {len(ids)} device(s) but hardware.devices="
+            f"{hw.devices}: give one id per device"
+        )
+    if len(set(ids)) != len(ids) or min(ids) < 0:
+        raise UserError(f"hardware.device_ids={ids} must be distinct ids >= 0")
+    if visible_cuda is not None and max(ids) >= visible_cuda:
+        env = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise UserError(
+            f"hardware.device_ids={ids} but {visible_cuda} CUDA device(s) are visible "
+            f"(CUDA_VISIBLE_DEVICES={env if env is not None else 'unset'}): ids run from 0 to "
+            f"{visible_cuda - 1}"
+        )
+    return ids
+
+
 def select_devices(hw, visible_cuda: int, dry_run: bool = False) -> DeviceSetup:
     """Choose the devices a hardware profile asks for, given how many CUDA devices are visible.
 
-    Devices are picked by id, never by changing CUDA_VISIBLE_DEVICES: sweep jobs share one process
-    and CUDA caches the device count at first use. A dry run plans without the devices.
+    Devices are picked by id (`device_ids`), never by changing CUDA_VISIBLE_DEVICES: sweep jobs
+    share one process and CUDA caches the device count at first use. A dry run plans without
+    the devices.
     """
     strategy, wanted = hw.strategy, hw.devices
     if hw.accelerator is Accelerator.cpu:
@@ -109,7 +139,8 @@ def select_devices(hw, visible_cuda: int, dry_run: bool = False) -> DeviceSetup:
             )
         return DeviceSetup(torch.device("cpu"), [])
     if dry_run:
-        return DeviceSetup(torch.device("cuda", 0), list(range(wanted)))
+        ids = _check_device_ids(hw, None)
+        return DeviceSetup(torch.device("cuda", ids[0]), ids)
     if visible_cuda == 0 and wanted == 1:
         log.warning("hardware=%s: no CUDA device is visible; falling back to the CPU", hw.name)
         return DeviceSetup(torch.device("cpu"), [], fallback=True)
@@ -120,7 +151,8 @@ def select_devices(hw, visible_cuda: int, dry_run: bool = False) -> DeviceSetup:
             f"(CUDA_VISIBLE_DEVICES={env if env is not None else 'unset'}); pick a profile with "
             f"at most {visible_cuda} device(s) or set hardware.devices"
         )
-    return DeviceSetup(torch.device("cuda", 0), list(range(wanted)))
+    ids = _check_device_ids(hw, visible_cuda)
+    return DeviceSetup(torch.device("cuda", ids[0]), ids)
 
 
 def resolve_precision(requested: Precision, device_type: str, bf16_supported: bool) -> Precision:

@@ -1,0 +1,199 @@
+"""A sweep's jobs side by side on one machine (hydra/launcher=parallel): GPUs per job from the
+sweep's pool (the device layer faked: no GPU here), and four real CPU jobs at once writing to
+one SQLite store."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from tennis_exp.engine import devicepool
+from tennis_exp.engine.devicepool import claimed, job_devices
+from tennis_exp.engine.hardware import select_devices
+from tennis_exp.errors import UserError
+
+from .conftest import CONF, compose_config, run_cli
+
+JOBLIB = devicepool.SIDE_BY_SIDE[0]
+
+
+def _launcher(n_jobs: int):
+    return OmegaConf.create({"_target_": JOBLIB, "n_jobs": n_jobs})
+
+
+@pytest.fixture
+def four_gpus(monkeypatch):
+    """The device layer of a 4-GPU machine, as far as device selection sees it."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+
+
+def test_device_ids_pick_the_gpus_a_job_was_given():
+    hw = compose_config(["hardware=gpu2", "hardware.device_ids=[2,3]"]).hardware
+    setup = select_devices(hw, visible_cuda=4)
+    assert setup.device == torch.device("cuda", 2) and setup.device_ids == [2, 3]
+    assert setup.for_rank(1).device == torch.device("cuda", 3)  # a DDP rank's own GPU
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        ("[1]", "hardware.device_ids=[1] names 1 device(s) but hardware.devices=2"),
+        ("[1,1]", "hardware.device_ids=[1, 1] must be distinct ids >= 0"),
+        ("[3,4]", "hardware.device_ids=[3, 4] but 4 CUDA device(s) are visible"),
+    ],
+)
+def test_device_ids_that_do_not_fit_are_one_line(ids, message):
+    hw = compose_config(["hardware=gpu2", f"hardware.device_ids={ids}"]).hardware
+    with pytest.raises(UserError) as err:
+        select_devices(hw, visible_cuda=4)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_one_gpu_jobs_each_get_their_own_and_a_freed_one_is_reused(tmp_path):
+    with claimed(tmp_path, 1, 4) as a, claimed(tmp_path, 1, 4) as b:
+        with claimed(tmp_path, 1, 4) as c, claimed(tmp_path, 1, 4) as d:
+            assert sorted(a + b + c + d) == [0, 1, 2, 3]
+            with pytest.raises(UserError, match="no 1 free GPU"), claimed(tmp_path, 1, 4):
+                pass
+        # c and d finished: the next job takes one of theirs, not a GPU still in use.
+        with claimed(tmp_path, 1, 4) as e:
+            assert e[0] in c + d
+
+
+def test_two_gpu_jobs_on_four_gpus(tmp_path):
+    with claimed(tmp_path, 2, 4) as a, claimed(tmp_path, 2, 4) as b:
+        assert sorted(a + b) == [0, 1, 2, 3]
+        with pytest.raises(UserError) as err, claimed(tmp_path, 2, 4, "; hint"):
+            pass
+    assert str(err.value) == (
+        "no 2 free GPU(s) for this job: 4 of the 4 visible are held by other jobs of the "
+        "sweep; hint"
+    )
+    with claimed(tmp_path, 1, 4) as one, claimed(tmp_path, 2, 4) as two:
+        assert (one, two) == ([0], [1, 2])  # sizes can mix: the locks are per GPU
+
+
+def _claim_and_hold(pool: str, wanted: int, barrier, results) -> None:
+    try:
+        with claimed(Path(pool), wanted, 4) as ids:
+            results.put(ids)
+            barrier.wait(timeout=30)  # every job holds its GPUs at the same time
+    except UserError as err:
+        results.put(str(err))
+        barrier.wait(timeout=30)
+
+
+def test_jobs_starting_at_once_never_share_a_gpu(tmp_path):
+    # Four processes race for the pool: two get two GPUs each, two are told no.
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    procs = [
+        ctx.Process(target=_claim_and_hold, args=(str(tmp_path), 2, barrier, results))
+        for _ in range(4)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=60)
+    got = [results.get(timeout=5) for _ in procs]
+    placed = sorted(gpu for ids in got if isinstance(ids, list) for gpu in ids)
+    assert placed == [0, 1, 2, 3]
+    assert sum(isinstance(ids, str) and ids.startswith("no 2 free GPU") for ids in got) == 2
+
+
+def test_a_parallel_sweeps_jobs_are_given_free_gpus(tmp_path, four_gpus):
+    cfgs = [compose_config(["hardware=gpu2"]) for _ in range(3)]
+    with (
+        job_devices(cfgs[0], str(tmp_path), _launcher(2)) as a,
+        job_devices(cfgs[1], str(tmp_path), _launcher(2)) as b,
+    ):
+        assert (a.hardware.device_ids, b.hardware.device_ids) == ([0, 1], [2, 3])
+        assert select_devices(b.hardware, torch.cuda.device_count()).device.index == 2
+        with (
+            pytest.raises(UserError, match=r"hydra.launcher.n_jobs=2 jobs of hardware"),
+            job_devices(cfgs[2], str(tmp_path), _launcher(2)),
+        ):
+            pass
+    assert (tmp_path / devicepool.POOL_DIR / "gpu3.lock").is_file()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "sweep_dir", "launcher"),
+    [
+        (["hardware=gpu1"], None, _launcher(4)),  # a single run
+        (["hardware=gpu1"], "sweep", OmegaConf.create({"_target_": "basic"})),  # one by one
+        (["hardware=cpu"], "sweep", _launcher(4)),  # no GPUs to share
+        (["hardware=gpu1", "hardware.device_ids=[3]"], "sweep", _launcher(4)),  # chosen ids
+    ],
+)
+def test_jobs_that_do_not_share_gpus_keep_their_config(
+    tmp_path, four_gpus, overrides, sweep_dir, launcher
+):
+    cfg = compose_config(overrides)
+    before = OmegaConf.to_container(cfg)
+    with job_devices(cfg, sweep_dir and str(tmp_path / sweep_dir), launcher) as same:
+        assert OmegaConf.to_container(same) == before
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(
+    ("hardware", "visible", "n_jobs"),
+    [("gpu1", 4, 4), ("gpu2", 4, 2), ("gpu4", 4, 1), ("gpu4", 2, 1), ("gpu1", 0, None)],
+)
+def test_parallel_launcher_runs_as_many_jobs_as_the_gpus_hold(
+    monkeypatch, hardware, visible, n_jobs
+):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose(
+            "config", ["hydra/launcher=parallel", f"hardware={hardware}"], return_hydra_config=True
+        )
+    assert cfg.hydra.launcher._target_ == JOBLIB
+    assert cfg.hydra.launcher.n_jobs == (n_jobs or os.cpu_count())  # no GPU: a job per core
+
+
+def test_four_cpu_jobs_at_once_into_one_sqlite_store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep = tmp_path / "sweep"
+    epochs = 2
+    out = run_cli(
+        [
+            "--multirun",
+            "hydra/launcher=parallel",
+            "hydra.launcher.n_jobs=4",
+            "hardware=cpu",
+            "debug=smoke",
+            f"training.epochs={epochs}",
+            "training.learning_rate=1e-4,2e-4,3e-4,4e-4",
+            f"data.root={tmp_path / 'data'}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"tracking.uri={uri}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=4" in out.stdout + out.stderr
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tennis_4event").experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("tennis_exp.role") == "sweep"]
+    jobs = [r for r in runs if r is not parent]
+    assert len(jobs) == 4 and {r.data.tags["mlflow.parentRunId"] for r in jobs} == {
+        parent.info.run_id
+    }
+    assert {r.info.status for r in runs} == {"FINISHED"}  # none left RUNNING
+    # The four ran at once: each started before any of them ended.
+    assert max(r.info.start_time for r in jobs) < min(r.info.end_time for r in jobs)
+    # No metric lost: every epoch of every job, every key.
+    for run in jobs:
+        for key in ("train/loss", "val/macro_f1", "lr", "perf/epoch_time_s"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert sorted(steps) == list(range(1, epochs + 1)), (key, steps)
+        assert "test/macro_f1" in run.data.metrics
