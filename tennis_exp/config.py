@@ -165,6 +165,10 @@ class TrackingConfig:
     log_checkpoint: bool = True
     # CPU, memory, per-GPU utilisation and memory as `system/` metrics; null: on for GPU runs.
     system_metrics: bool | None = None
+    # When the store stops answering (a server gone, a locked SQLite file), training goes on
+    # and logging is retried for up to this many seconds; what is still unsent then is lost
+    # and named at the run's end.
+    retry_s: float = 300.0
 
 
 @dataclass
@@ -221,7 +225,7 @@ _MINIMUMS: list[tuple[str, Any]] = [
     ("model.lstm_hidden", 1),
     ("model.lstm_layers", 1),
 ]
-_POSITIVE: list[str] = ["training.learning_rate"]
+_POSITIVE: list[str] = ["training.learning_rate", "tracking.retry_s"]
 _FRACTIONS: list[str] = ["model.dropout", "training.lr_factor"]
 
 

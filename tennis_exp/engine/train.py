@@ -136,6 +136,7 @@ def track(job: Job, sweep_dir: str | None, resume: Checkpoint | None):
         resume.mlflow_run_id if resume else None,
         parent,
         system_metrics,
+        cfg.tracking.retry_s,
     )
 
 
@@ -195,4 +196,8 @@ def run_worker(job: Job) -> float:
     with distributed.joined(job.cfg) as dist:
         distributed.setup_rank_logging(dist, job.output_dir)
         resume = checkpoint.load(job.resume_from) if job.resume_from else None
-        return fit_and_test(job, dist, None, resume)
+        if not dist.is_main:
+            return fit_and_test(job, dist, None, resume)
+        # Rank 0 logs the epochs: what it held back is sent, or told, before its process ends.
+        with Run.open(job.tracking_uri, job.run_id, job.cfg.tracking.retry_s):
+            return fit_and_test(job, dist, None, resume)

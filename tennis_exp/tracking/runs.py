@@ -11,13 +11,13 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from tennis_exp.errors import UserError, first_line, one_line_report
+from tennis_exp.tracking.retry import HeldBack
 
 log = logging.getLogger(__name__)
 # MLflow announces the creation of a new SQLite store on stderr; a user mistake found right
@@ -27,6 +27,8 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 DEFAULT_STORE = "mlflow.db"
 _MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 _PARAMS_PER_CALL = 100  # MLflow's limit on params in one log_batch
+_MAX_TAG_LENGTH = 5000
+DEFAULT_RETRY_S = 300.0  # tracking.retry_s's default
 
 
 def default_tracking_uri() -> str:
@@ -111,36 +113,60 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-@dataclass
 class Run:
-    """One MLflow run. Every epoch's metrics go in one `log_batch` call: on a SQLite store a
-    single call costs about as much as a hundred metrics in one batch."""
+    """One MLflow run, as one process logs to it. Every epoch's metrics go in one `log_batch`
+    call: on a SQLite store a single call costs about as much as a hundred metrics in one batch.
 
-    client: Any
-    run_id: str
+    When the store stops answering, training goes on: the calls are held back and retried for
+    up to `retry_s` seconds (see retry.HeldBack); `close` sends what is left and tells what
+    could not be logged.
+    """
+
+    def __init__(
+        self, client: Any, run_id: str, retry_s: float = DEFAULT_RETRY_S, uri: str | None = None
+    ) -> None:
+        self.client, self.run_id = client, run_id
+        self.uri = uri or str(getattr(client, "tracking_uri", "the store"))
+        self.calls = HeldBack(retry_s, self.uri)
+        self.files: str | None = None  # where the run's checkpoints are kept, for the account
 
     @classmethod
-    def open(cls, uri: str, run_id: str) -> Run:
-        """An existing run, e.g. one that a launching process created for its DDP workers."""
-        from mlflow.tracking import MlflowClient
-
-        return cls(MlflowClient(uri), run_id)
+    def open(cls, uri: str, run_id: str, retry_s: float | None = None) -> Run:
+        """This process's one Run for `run_id` (the run context's and the training loop's are
+        the same object, so an outage is noticed, and waited out, once)."""
+        run = _OPEN.get((uri, run_id))
+        if run is None:
+            run = _OPEN[(uri, run_id)] = cls(_client(uri), run_id, uri=uri)
+        if retry_s is not None:
+            run.calls.bound_s = retry_s
+        return run
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items()]
         for i in range(0, len(items), _PARAMS_PER_CALL):
-            self.client.log_batch(self.run_id, params=items[i : i + _PARAMS_PER_CALL])
+            batch = items[i : i + _PARAMS_PER_CALL]
+            self.calls.call(
+                f"{len(batch)} params", lambda b=batch: self.client.log_batch(self.run_id, params=b)
+            )
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=items)
+        self.calls.call(
+            f"metrics at step {step}",
+            lambda: self.client.log_batch(self.run_id, metrics=items),
+            values=len(items),
+        )
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        name = f"{artifact_path}/{path.name}" if artifact_path else path.name
+        self.calls.call(f"artifact {name}", lambda: self._upload(path, artifact_path))
+
+    def _upload(self, path: Path, artifact_path: str | None) -> None:
         try:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
         except OSError as err:
@@ -149,6 +175,51 @@ class Run:
                     f"no space left to store {path.name} in MLflow ({err.strerror})"
                 ) from None
             raise
+
+    def end(self, status: str, error: str | None = None) -> None:
+        """The run's final status (FINISHED, FAILED, KILLED) and its one-line error."""
+        if error is not None:
+            self.calls.call("error tag", lambda: self.client.set_tag(self.run_id, "error", error))
+        self.calls.call(f"status {status}", lambda: self.client.set_terminated(self.run_id, status))
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, kind, err, trace) -> None:
+        self.close(failing=err is not None)
+
+    def close(self, failing: bool = False) -> None:
+        """Send what is held back, waiting up to the bound. What could not be sent is a
+        UserError naming it; when the caller is failing already (its error is the one to
+        report), a logged line."""
+        _OPEN.pop((self.uri, self.run_id), None)
+        lost = self.calls.drain()
+        if lost is None:
+            return
+        message = (
+            f"MLflow at {self.calls.store} did not answer for {self.calls.bound_s:g} s "
+            f"(tracking.retry_s): not logged: {lost}"
+        )
+        if self.files:
+            message += f"; the run's checkpoints and files are in {self.files}"
+        if failing:
+            log.error(message)
+            return
+        raise UserError(message)
+
+
+_OPEN: dict[tuple[str, str], Run] = {}
+
+
+def _client(uri: str):
+    """A client whose requests fail fast: the Run's own retries, which do not hold up
+    training, replace MLflow's (7 of them, minutes in all, each blocking the caller)."""
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    return MlflowClient(uri)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -164,17 +235,19 @@ def mlflow_run(
     resume_id: str | None = None,
     parent_id: str | None = None,
     system_metrics: bool = False,
+    retry_s: float = DEFAULT_RETRY_S,
 ) -> Iterator[Run]:
     """A run that ends FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED (with the error as a tag).
 
     With `resume_id` the interrupted run is reopened and continues where it stopped; a new run
     is nested under `parent_id` if given. `system_metrics` logs CPU, memory and per-GPU
-    utilisation and memory (MLflow's `system/` metrics).
+    utilisation and memory (MLflow's `system/` metrics). Logging is retried for up to
+    `retry_s` seconds when the store stops answering; what could not be logged by the end
+    fails the run's block in one line (the run then stays RUNNING in the store).
     """
-    from mlflow.tracking import MlflowClient
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
-    client = MlflowClient(uri)
+    client = _client(uri)
     experiment_id = ensure_experiment(uri, experiment)
     if resume_id:
         info = _reopen(client, uri, resume_id)
@@ -191,21 +264,22 @@ def mlflow_run(
     # `kill` (SIGTERM, as `nohup` jobs are stopped) would otherwise end Python without cleanup.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     monitor = _system_monitor(uri, info.run_id, bool(resume_id)) if system_metrics else None
-    try:
-        yield Run(client, info.run_id)
-    except BaseException as err:
-        client.set_tag(info.run_id, "error", one_line_report(err)[:5000])
-        # A signal to the whole process group also kills loader workers, whose death then
-        # surfaces while the interrupt is being handled: still an interruption.
-        interrupts = (KeyboardInterrupt, SignalException)
-        killed = isinstance(err, interrupts) or isinstance(err.__context__, interrupts)
-        client.set_terminated(info.run_id, "KILLED" if killed else "FAILED")
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if monitor is not None:
-            monitor.finish()
-    client.set_terminated(info.run_id, "FINISHED")
+    with Run.open(uri, info.run_id, retry_s) as run:
+        run.files = tags.get("output_dir")
+        try:
+            yield run
+        except BaseException as err:
+            # A signal to the whole process group also kills loader workers, whose death then
+            # surfaces while the interrupt is being handled: still an interruption.
+            interrupts = (KeyboardInterrupt, SignalException)
+            killed = isinstance(err, interrupts) or isinstance(err.__context__, interrupts)
+            run.end("KILLED" if killed else "FAILED", one_line_report(err)[:_MAX_TAG_LENGTH])
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if monitor is not None:
+                monitor.finish()
+        run.end("FINISHED")
 
 
 def _reopen(client, uri: str, run_id: str):
