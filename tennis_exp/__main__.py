@@ -55,7 +55,7 @@ def sweep_job_failed(cfg: DictConfig, output_dir: Path, hc, message: str) -> Non
         return
     record_failure(str(output_dir.resolve()), message)
     try:
-        record_failed_job(cfg, output_dir, hc.sweep.dir, message)
+        record_failed_job(cfg, output_dir, hc.sweep.dir, message, list(hc.overrides.task))
     except Exception as tracking_err:  # the job's own error is the one to report
         log.warning("could not record the failed job in MLflow: %s", tracking_err)
 

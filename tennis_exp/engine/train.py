@@ -25,10 +25,12 @@ from tennis_exp.engine.hardware import RunPlan, plan_run
 from tennis_exp.engine.loop import Job, Trainer, seed_everything
 from tennis_exp.models.cnn_lstm import CNNLSTM, build_model
 from tennis_exp.tracking.runs import (
+    OVERRIDES_TAG,
     Run,
     config_params,
     ensure_experiment,
     mlflow_run,
+    overrides_tag,
     tracking_uri,
 )
 from tennis_exp.tracking.sweep import sweep_parent
@@ -62,7 +64,7 @@ def train(
         job = Job(cfg, plan, output_dir, None, tracking_uri(cfg))
         if not dist.is_main:
             return fit_and_test(job, dist, datasets, resume)
-        with track(job, sweep_dir, resume) as run:
+        with track(job, sweep_dir, resume, overrides) as run:
             job = replace(job, run_id=run.run_id)
             if resume is None:
                 log_run_inputs(run, job, overrides)
@@ -107,7 +109,7 @@ def prepare_data(cfg: DictConfig, dist: Dist) -> dict[str, WindowDataset]:
     return datasets
 
 
-def track(job: Job, sweep_dir: str | None, resume: Checkpoint | None):
+def track(job: Job, sweep_dir: str | None, resume: Checkpoint | None, overrides: list[str] | None):
     """The job's MLflow run: a new one (nested under its sweep's), or the resumed one."""
     cfg, plan = job.cfg, job.plan
     job.output_dir.mkdir(parents=True, exist_ok=True)
@@ -115,6 +117,7 @@ def track(job: Job, sweep_dir: str | None, resume: Checkpoint | None):
         "hardware": plan.hardware,
         "strategy": plan.strategy.value,
         "output_dir": str(job.output_dir.resolve()),
+        OVERRIDES_TAG: overrides_tag(overrides),
     }
     if plan.setup.fallback:
         tags["fallback"] = "cpu: no CUDA device was visible"

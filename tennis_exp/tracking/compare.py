@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tennis_exp.tracking.runs import OVERRIDES_TAG
 
 COLUMNS = {
     "run": "run",
@@ -52,6 +55,9 @@ class Row:
     peak_mem_others_mb: float | None = None
     best_val_macro_f1: float | None = None
     test_macro_f1: float | None = None
+    # The keys the sweep varied (its jobs' overrides that differ), this job's values of them.
+    swept: dict[str, str | None] = field(default_factory=dict)
+    run_id: str = ""
 
 
 def _median(client, run_id: str, key: str) -> float | None:
@@ -68,9 +74,25 @@ def _device_type(params: dict[str, str]) -> str | None:
     return params.get("run.device") or params.get("hardware.accelerator")
 
 
+def swept_values(runs) -> dict[str, dict[str, str | None]]:
+    """Per run id, the keys that the runs' overrides give different values (or give in some
+    runs only), in the order the runs name them, with this run's value of each."""
+    overrides = {r.info.run_id: _overrides(r.data.tags.get(OVERRIDES_TAG)) for r in runs}
+    keys = list(dict.fromkeys(k for values in overrides.values() for k in values))
+    varied = [k for k in keys if len({values.get(k) for values in overrides.values()}) > 1]
+    return {run_id: {k: values.get(k) for k in varied} for run_id, values in overrides.items()}
+
+
+def _overrides(tag: str | None) -> dict[str, str]:
+    """A job's overrides (the tag's JSON list of key=value) as a dict."""
+    items = json.loads(tag) if tag else []
+    return dict(item.split("=", 1) if "=" in item else (item, "") for item in items)
+
+
 def rows_for(client, runs) -> list[Row]:
     """One row per run (failed ones included), with speed-ups against the smallest job of the
     same device type."""
+    swept = swept_values(runs)
     rows = []
     for run in sorted(
         runs, key=lambda r: (_int(r.data.params.get("scaling.devices")) or 0, r.info.start_time)
@@ -96,6 +118,8 @@ def rows_for(client, runs) -> list[Row]:
                 peak_mem_others_mb=max((metrics[k] for k in gpus[1:]), default=None),
                 best_val_macro_f1=max(val_f1) if val_f1 else None,
                 test_macro_f1=metrics.get("test/macro_f1"),
+                swept=swept[run_id],
+                run_id=run_id,
             )
         )
     add_speedups(rows)
@@ -136,26 +160,48 @@ def _cell(key: str, value: Any) -> str:
 _NOTE = "speed-up and efficiency: against the job with the fewest devices of the same type"
 
 
+def _swept_keys(rows: list[Row]) -> list[str]:
+    return list(rows[0].swept) if rows else []
+
+
+def _table(rows: list[Row]) -> list[list[str]]:
+    """The header, then a row of cells per job: the columns, then the swept keys."""
+    keys = _swept_keys(rows)
+    header = [*COLUMNS.values(), *keys]
+    body = [
+        [_cell(k, getattr(r, k)) for k in COLUMNS] + [_cell(k, r.swept[k]) for k in keys]
+        for r in rows
+    ]
+    return [header, *body]
+
+
 def to_markdown(rows: list[Row]) -> str:
-    header = "| " + " | ".join(COLUMNS.values()) + " |"
-    rule = "|" + "---|" * len(COLUMNS)
-    body = ["| " + " | ".join(_cell(k, getattr(r, k)) for k in COLUMNS) + " |" for r in rows]
-    return "\n".join([header, rule, *body, "", _NOTE]) + "\n"
+    header, *body = _table(rows)
+    lines = ["| " + " | ".join(cells) + " |" for cells in [header, *body]]
+    lines.insert(1, "|" + "---|" * len(header))
+    return "\n".join([*lines, "", _NOTE]) + "\n"
 
 
 def to_text(rows: list[Row]) -> str:
-    cells = [list(COLUMNS.values())] + [[_cell(k, getattr(r, k)) for k in COLUMNS] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    cells = _table(rows)
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join([*lines, _NOTE]) + "\n"
 
 
 def to_csv(rows: list[Row]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(COLUMNS))
+    writer = csv.DictWriter(out, fieldnames=[*COLUMNS, *_swept_keys(rows)])
     writer.writeheader()
-    writer.writerows(asdict(r) for r in rows)
+    for r in rows:
+        writer.writerow({**{k: v for k, v in asdict(r).items() if k in COLUMNS}, **r.swept})
     return out.getvalue()
+
+
+def best_row(rows: list[Row]) -> Row | None:
+    """The finished job with the best val macro-F1 (what every job returns to the sweeper)."""
+    scored = [r for r in rows if r.status == "FINISHED" and r.best_val_macro_f1 is not None]
+    return max(scored, key=lambda r: r.best_val_macro_f1, default=None)
 
 
 def plot(client, runs, rows: list[Row], out_dir: Path) -> list[Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import signal
@@ -64,6 +65,17 @@ def ensure_experiment(uri: str, name: str) -> str:
         if type(err).__name__ == "MlflowException" and "already exists" in str(err):
             return client.get_experiment_by_name(name).experiment_id  # lost a creation race
         raise UserError(f"MLflow tracking store {uri} is not usable: {first_line(err)}") from None
+
+
+OVERRIDES_TAG = "overrides"  # a job's command-line overrides: a sweep's table shows what varied
+
+
+def overrides_tag(overrides: list[str] | None) -> str:
+    """The overrides as a JSON list (values may hold spaces), as many as a tag holds."""
+    items = list(overrides or [])
+    while len(json.dumps(items)) > _MAX_TAG_LENGTH:
+        items.pop()
+    return json.dumps(items)
 
 
 def filter_value(value: str) -> str:

@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from tennis_exp.tracking.compare import report, to_text
-from tennis_exp.tracking.runs import ensure_experiment, runs_tagged, tracking_uri
+from tennis_exp.tracking.compare import Row, best_row, report, to_text
+from tennis_exp.tracking.runs import (
+    OVERRIDES_TAG,
+    ensure_experiment,
+    overrides_tag,
+    runs_tagged,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +68,9 @@ def child_runs(client, parent) -> list:
     )
 
 
-def record_failed_job(cfg: DictConfig, output_dir: Path, sweep_dir: str, message: str) -> None:
+def record_failed_job(
+    cfg: DictConfig, output_dir: Path, sweep_dir: str, message: str, overrides: list[str]
+) -> None:
     """A sweep job that failed before its run started still gets a FAILED run, so the sweep's
     table and the UI show it instead of silently having one job fewer."""
     from mlflow.entities import Param
@@ -78,6 +87,7 @@ def record_failed_job(cfg: DictConfig, output_dir: Path, sweep_dir: str, message
         "sweep_dir": str(Path(sweep_dir).resolve()),
         "output_dir": str(output_dir.resolve()),
         "error": message[:5000],
+        OVERRIDES_TAG: overrides_tag(overrides),
     }
     parent = sweep_parent(client, experiment_id, sweep_dir)
     if parent:
@@ -92,6 +102,33 @@ def record_failed_job(cfg: DictConfig, output_dir: Path, sweep_dir: str, message
         ],
     )
     client.set_terminated(run_id, "FAILED")
+
+
+def log_best(client, parent_id: str, rows: list[Row]) -> None:
+    """Print the job with the best val macro-F1 and its values of the swept keys; log them to
+    the sweep's run (params `best.<key>`, metrics `best/...`, tag `best_run_id`)."""
+    from mlflow.entities import Metric, Param
+
+    best = best_row(rows)
+    if best is None:
+        log.warning("No job of the sweep finished: there is no best one")
+        return
+    values = ", ".join(f"{k}={v}" for k, v in best.swept.items()) or "no key varied"
+    log.info(
+        "Best job: %s (run %s), best val macro-F1 %.4f: %s",
+        best.run,
+        best.run_id,
+        best.best_val_macro_f1,
+        values,
+    )
+    now = int(time.time() * 1000)
+    scores = {"best/val_macro_f1": best.best_val_macro_f1, "best/test_macro_f1": best.test_macro_f1}
+    client.log_batch(
+        parent_id,
+        metrics=[Metric(k, v, now, 0) for k, v in scores.items() if v is not None],
+        params=[Param(f"best.{k}", str(v)) for k, v in best.swept.items() if v is not None],
+    )
+    client.set_tag(parent_id, "best_run_id", best.run_id)
 
 
 class SweepTracking(Callback):
@@ -125,9 +162,11 @@ class SweepTracking(Callback):
             return
         children = child_runs(client, client.get_run(parent_id))
         rows, paths = report(client, children, sweep_dir / "comparison")
-        for path in paths:
+        optuna_results = sweep_dir / "optimization_results.yaml"  # hparams_search's sampler's
+        for path in [*paths, optuna_results] if optuna_results.is_file() else paths:
             client.log_artifact(parent_id, str(path))
         log.info("Sweep of %d job(s):\n%s", len(rows), to_text(rows))
+        log_best(client, parent_id, rows)
         failed = any(r.status != "FINISHED" for r in rows)
         client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
         # Jobs another process ran (submitit) are known here by their FAILED runs.
