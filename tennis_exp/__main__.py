@@ -21,8 +21,9 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def run(cfg: DictConfig) -> float:
-    """One job: returns the best val macro-F1, the value sweepers optimise (NaN if it failed)."""
+def run(cfg: DictConfig) -> float | None:
+    """One job: returns the best val macro-F1, the value sweepers optimise; None if it failed,
+    which Optuna's sweeper records as a failed trial (a NaN would stop its search: hydra#2237)."""
     # torch and mlflow load once the config is good
     from tennis_exp.engine.devicepool import job_devices
     from tennis_exp.engine.train import train
@@ -43,7 +44,7 @@ def run(cfg: DictConfig) -> float:
             sweep_job_failed(cfg, output_dir, hc, one_line(err))
         else:
             record_failure(str(output_dir.resolve()), one_line(err))
-        return float("nan")
+        return None
 
 
 def sweep_job_failed(cfg: DictConfig, output_dir: Path, hc, message: str) -> None:

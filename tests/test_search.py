@@ -1,0 +1,153 @@
+"""hparams_search=tennis_optuna: Optuna's sampler over the sweep's jobs, each a nested MLflow
+run; failed and diverged trials are told to the sampler as failed and the search goes on."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from tennis_exp.config import TrainingConfig
+
+from .conftest import CONF, run_cli
+
+PRESET = CONF / "hparams_search" / "tennis_optuna.yaml"
+SEARCHED = [
+    "training.learning_rate",
+    "training.batch_size",
+    "model.dropout",
+    "model.lstm_hidden",
+    "training.class_weights",
+]
+
+
+def _compose(*overrides):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose(
+            "config", ["hparams_search=tennis_optuna", *overrides], return_hydra_config=True
+        )
+
+
+def test_the_preset_searches_lr_batch_dropout_lstm_and_class_weights(monkeypatch):
+    sweeper = _compose().hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.tennis_exp_search.OptunaSearch"
+    assert sweeper.direction == "maximize" and sweeper.max_failure_rate == 1.0
+    assert list(sweeper.params) == SEARCHED
+    assert sweeper.params["training.class_weights"] == "choice(none, balanced)"
+    assert sweeper.n_jobs == 1  # one trial at a time when the jobs run one after the other
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert _compose("hydra/launcher=parallel").hydra.sweeper.n_jobs == 4  # one per GPU
+
+
+def _preset(tmp_path: Path) -> tuple[str, str]:
+    """(searchpath override, preset name): the preset itself once training.class_weights
+    exists; until then a copy of it without that key, in tmp_path."""
+    if "class_weights" in {f.name for f in dataclasses.fields(TrainingConfig)}:
+        return "hydra.searchpath=[]", "tennis_optuna"
+    text = PRESET.read_text()
+    preset = yaml.safe_load(text)
+    del preset["hydra"]["sweeper"]["params"]["training.class_weights"]
+    folder = tmp_path / "conf" / "hparams_search"
+    folder.mkdir(parents=True)
+    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+    (folder / "here.yaml").write_text(header + yaml.safe_dump(preset, sort_keys=False))
+    return f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "here"
+
+
+def _search(tmp_path, *overrides):
+    searchpath, name = _preset(tmp_path)
+    return run_cli(
+        [
+            "--multirun",
+            searchpath,
+            f"hparams_search={name}",
+            "hardware=cpu",
+            "debug=smoke",
+            f"data.root={tmp_path / 'data'}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            *overrides,
+        ],
+        cwd=tmp_path,
+    )
+
+
+def _runs(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tennis_4event").experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("tennis_exp.role") == "sweep"]
+    return client, parent, [r for r in runs if r is not parent]
+
+
+def test_a_search_goes_on_past_diverged_trials_and_logs_its_best(tmp_path):
+    # Half the learning rates diverge (loss nan): those trials fail, the others are scored.
+    out = _search(
+        tmp_path,
+        "hydra/launcher=parallel",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_trials=4",
+        "training.learning_rate=choice(1e-4,1e30)",
+        "training.grad_clip=null",
+    )
+    log = out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    client, parent, trials = _runs(tmp_path)
+    assert len(trials) == 4  # the search went on past its failed trials
+    by_status = {
+        status: [t for t in trials if t.info.status == status] for status in ("FINISHED", "FAILED")
+    }
+    assert len(by_status["FINISHED"]) + len(by_status["FAILED"]) == 4
+    assert by_status["FINISHED"] and by_status["FAILED"], "the seed should draw both rates"
+    for trial in by_status["FAILED"]:
+        assert trial.data.params["training.learning_rate"] == "1e+30"
+        assert "training loss became nan" in trial.data.tags["error"]
+    assert log.count("Failed experiment") == len(by_status["FAILED"])  # told to Optuna as failed
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("Error: ")
+
+    # The best trial: a finished one with the best val macro-F1 (ties are likely on tiny data),
+    # printed, and logged to the sweep's run with its values of the searched keys.
+    top = max(_best_f1(client, t) for t in by_status["FINISHED"])
+    [best] = [t for t in trials if t.info.run_id == parent.data.tags["best_run_id"]]
+    assert best.info.status == "FINISHED" and _best_f1(client, best) == pytest.approx(top)
+    assert f"Best job: {best.info.run_name} (run {best.info.run_id})" in log
+    assert parent.data.metrics["best/val_macro_f1"] == pytest.approx(top)
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(top)  # Optuna agrees
+    searched = [k for k in SEARCHED if k != "training.class_weights"]
+    given = dict(o.split("=", 1) for o in json.loads(best.data.tags["overrides"]))
+    assert parent.data.params["best.training.learning_rate"] == "0.0001"
+    for key in searched:
+        assert parent.data.params[f"best.{key}"] == given[key]
+    assert {"optimization_results.yaml", "comparison.csv"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
+    header = (tmp_path / "sweep" / "comparison" / "comparison.csv").read_text().splitlines()[0]
+    assert header.endswith(",".join(searched))  # a column per searched key
+
+
+def _best_f1(client, run) -> float:
+    return max(m.value for m in client.get_metric_history(run.info.run_id, "val/macro_f1"))
+
+
+def test_a_search_whose_trials_all_fail_ends_in_one_line(tmp_path):
+    out = _search(
+        tmp_path,
+        "hydra.sweeper.n_trials=2",
+        "training.learning_rate=choice(1e30)",
+        "training.grad_clip=null",
+    )
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    [line] = [line for line in out.stderr.splitlines() if line.startswith("Error: ")]
+    assert line.startswith("Error: 2 jobs failed; the first: training loss became nan")
+    _, parent, trials = _runs(tmp_path)
+    assert [t.info.status for t in trials] == ["FAILED", "FAILED"]
+    assert parent.info.status == "FAILED"  # closed, not left RUNNING
