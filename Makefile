@@ -4,10 +4,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 HW     ?= cpu,gpu1
 PORT   ?= 5000
+HOST   ?= 127.0.0.1
+STORE  ?=
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep ui compare bench test test-all lint clean
+.PHONY: help install train sweep ui server compare bench test test-all lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -27,10 +29,11 @@ train: $(STAMP) ## Train on the defaults: synthetic data, local MLflow store (AR
 sweep: $(STAMP) ## Sweep hardware profiles into multirun_outputs/ (HW=gpu1,gpu2,gpu4 ARGS=...)
 	$(PY) -m tennis_exp --multirun hardware=$(HW) $(ARGS)
 
-ui: $(STAMP) ## MLflow UI on the project's store, on 127.0.0.1 (PORT=5000)
-	@echo "MLflow UI: http://127.0.0.1:$(PORT)  (Ctrl-C stops it)"
-	$(PY) -m mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
-		--host 127.0.0.1 --port $(PORT) --workers 1
+ui: $(STAMP) ## MLflow UI on the project's store, on 127.0.0.1; prints the runs' address (PORT=5000)
+	$(PY) -m tennis_exp.server --ui --port $(PORT) --workers 1
+
+server: $(STAMP) ## MLflow server for a lab: database store, artifacts through it (HOST= PORT= STORE=postgresql+psycopg2://...)
+	$(PY) -m tennis_exp.server --host $(HOST) --port $(PORT) $(if $(STORE),--store "$(STORE)") $(ARGS)
 
 compare: $(STAMP) ## The speed table of the newest sweep (ARGS="--sweep-dir DIR" or "--all")
 	$(PY) -m tennis_exp.compare $(ARGS)

@@ -1,4 +1,5 @@
-"""The MLflow UI, in a real headless Chromium, shows a sweep and its jobs for comparison.
+"""The MLflow UI (`make ui`), in a real headless Chromium with a fresh profile, opens on the
+runs of the experiment and on the sweep's run, and shows its jobs for comparison.
 
 Needs Debian's `chromium` (CI installs it). Screenshots are kept in test-artifacts/.
 """
@@ -10,8 +11,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -41,9 +40,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _chromium(url: str, tmp_path, *flags: str) -> str:
+def _chromium(url: str, profile, *flags: str) -> str:
+    """Chromium on `url` with the profile folder `profile` (a new folder: a fresh profile)."""
     out = subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chrome'}", *flags, url],
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *flags, url],
         capture_output=True,
         text=True,
         timeout=180,
@@ -74,51 +74,62 @@ def test_sweep_in_the_mlflow_ui(tmp_path):
     jobs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     [parent] = [r for r in runs if r not in jobs]
 
-    port = _free_port()
+    # `make ui`, which prints where the runs are.
     server = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "mlflow",
-            "ui",
-            "--backend-store-uri",
+            "tennis_exp.server",
+            "--ui",
+            "--store",
             uri,
-            "--host",
-            "127.0.0.1",
             "--port",
-            str(port),
+            str(_free_port()),
             "--workers",
             "1",
         ],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
     )
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the MLflow UI did not start"
-            time.sleep(1)
+        printed = {}
+        for line in server.stdout:
+            name, _, url = line.strip().rpartition(": ")
+            printed[name] = url
+            if line.startswith("Ctrl-C stops it"):
+                break
+        runs_page = printed["Runs of tennis_4event"]
+        sweep_page = printed[f"Newest sweep, {parent.info.run_name}"]
+        base = runs_page.split("/#/")[0]
 
+        # Each page in a fresh profile, as a newcomer opens it. Without the view in the address
+        # MLflow 3.17 lands on the GenAI overview, with no sign of a training run:
+        dom = _chromium(f"{base}/#/experiments/{experiment}", tmp_path / "fresh0", "--dump-dom")
+        assert "No data available" in dom and parent.info.run_name not in dom
+        # ... the printed address opens the runs table in the Model training view, the sweep a
+        # row of it,
+        dom = _chromium(runs_page, tmp_path / "fresh1", "--dump-dom")
+        assert parent.info.run_name in dom and "Model registry" in dom
+        assert "No data available" not in dom and "Judges" not in dom  # not the GenAI view
         ARTIFACTS.mkdir(exist_ok=True)
-        runs_page = f"{base}/#/experiments/{experiment}/runs"
-        dom = _chromium(runs_page, tmp_path, "--dump-dom")
-        assert parent.info.run_name in dom  # the sweep, one expandable row
-        _chromium(runs_page, tmp_path, f"--screenshot={ARTIFACTS / 'mlflow_ui_runs.png'}")
+        shot = f"--screenshot={ARTIFACTS / 'mlflow_ui_runs.png'}"
+        _chromium(runs_page, tmp_path / "fresh2", shot)
+        # ... and the sweep's own page lists its jobs and its best one.
+        dom = _chromium(sweep_page, tmp_path / "fresh3", "--dump-dom")
+        assert "Model registry" in dom and "best_run_id" in dom and "best/val_macro_f1" in dom
+        for name in [r.info.run_name for r in jobs]:
+            assert name in dom
 
+        profile = tmp_path / "chrome"
         ids = json.dumps([r.info.run_id for r in jobs], separators=(",", ":"))
         compare = f'{base}/#/compare-runs?runs={ids}&experiments=["{experiment}"]'
-        dom = _chromium(compare, tmp_path, "--dump-dom")
+        dom = _chromium(compare, profile, "--dump-dom")
         for name in [r.info.run_name for r in jobs]:
             assert name in dom
         for column in ["test/macro_f1", "perf/samples_per_sec", "scaling.effective_batch_size"]:
             assert column in dom
-        _chromium(compare, tmp_path, f"--screenshot={ARTIFACTS / 'mlflow_ui_compare.png'}")
+        _chromium(compare, profile, f"--screenshot={ARTIFACTS / 'mlflow_ui_compare.png'}")
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        server.wait(timeout=60)

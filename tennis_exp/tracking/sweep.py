@@ -26,6 +26,7 @@ from tennis_exp.tracking.runs import (
     runs_tagged,
     tracking_uri,
 )
+from tennis_exp.tracking.server import ui_url
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,17 @@ def sweep_parent(client, experiment_id: str, sweep_dir: str) -> str | None:
     tags = {SWEEP_ROLE_TAG: "sweep", "sweep_dir": str(Path(sweep_dir).resolve())}
     runs = runs_tagged(client, experiment_id, tags, max_results=1)
     return runs[0].info.run_id if runs else None
+
+
+def newest_sweep(client, experiment_id: str):
+    """The parent run of the experiment's newest sweep, or None."""
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`{SWEEP_ROLE_TAG}` = 'sweep'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    return runs[0] if runs else None
 
 
 def child_runs(client, parent) -> list:
@@ -167,6 +179,9 @@ class SweepTracking(Callback):
             client.log_artifact(parent_id, str(path))
         log.info("Sweep of %d job(s):\n%s", len(rows), to_text(rows))
         log_best(client, parent_id, rows)
+        uri = tracking_uri(config)
+        if uri.startswith(("http://", "https://")):
+            log.info("The sweep in the MLflow UI: %s", ui_url(uri, experiment_id, parent_id))
         failed = any(r.status != "FINISHED" for r in rows)
         client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
         # Jobs another process ran (submitit) are known here by their FAILED runs.

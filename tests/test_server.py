@@ -1,0 +1,385 @@
+"""`make server`: a real MLflow server on a free local port, jobs that log to it (a DDP job, a
+parallel sweep), the server going away mid-run, and PostgreSQL as its store where it can be
+started here."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from .conftest import run_cli
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m tennis_exp.server` in its own process group (so that killing it kills the
+    server's workers too), read until it prints where the runs are."""
+
+    def __init__(self, tmp: Path, store: str | None = None, port: int | None = None):
+        self.tmp, self.port = tmp, port or free_port()
+        self.store = store or f"sqlite:///{tmp / 'server.db'}"
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.banner: list[str] = []
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tennis_exp.server",
+                "--store",
+                self.store,
+                "--artifacts",
+                str(self.tmp / "server-artifacts"),
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            cwd=self.tmp,
+            stdout=subprocess.PIPE,
+            stderr=open(self.tmp / "server.log", "a"),  # noqa: SIM115 - the child keeps it
+            text=True,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 180
+        self.banner = []
+        for line in self.proc.stdout:
+            self.banner.append(line.rstrip())
+            if line.startswith("Ctrl-C stops it"):
+                return self
+            assert time.monotonic() < deadline, self.banner
+        raise AssertionError(f"the server stopped: {self.banner} {self.log()[-2000:]}")
+
+    def log(self) -> str:
+        return (self.tmp / "server.log").read_text()
+
+    def kill(self) -> None:
+        """The server goes away at once, workers and all, as a crashed machine's would."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One server for the tests that leave it running (it takes seconds to start)."""
+    srv = Server(tmp_path_factory.mktemp("shared")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A server of the test's own, which it may stop."""
+    srv = Server(tmp_path).start()
+    yield srv
+    srv.stop()
+
+
+def _smoke(tmp_path, *extra):
+    return [
+        "debug=smoke",
+        f"data.root={tmp_path / 'data'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        *extra,
+    ]
+
+
+def _experiment(client):
+    return client.get_experiment_by_name("tennis_4event")
+
+
+def test_the_server_prints_where_jobs_log_and_where_the_runs_are(shared_server):
+    server = shared_server
+    experiment = _experiment(MlflowClient(server.url))
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # through the server
+    assert f"Jobs log to it with: MLFLOW_TRACKING_URI={server.url} python -m tennis_exp ..." in (
+        server.banner
+    )
+    runs_url = (
+        f"{server.url}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+    )
+    assert f"Runs of tennis_4event: {runs_url}" in server.banner
+
+
+def test_a_ddp_job_and_a_parallel_sweep_log_to_the_server(shared_server, tmp_path):
+    server, env = shared_server, {"MLFLOW_TRACKING_URI": shared_server.url}
+    ddp = run_cli(
+        _smoke(tmp_path, "hardware=cpu_ddp2", f"hydra.run.dir={tmp_path / 'run'}"),
+        cwd=tmp_path,
+        env=env,
+    )
+    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+    sweep = run_cli(
+        [
+            "--multirun",
+            "hydra/launcher=parallel",
+            "hydra.launcher.n_jobs=2",
+            *_smoke(tmp_path, "hardware=cpu", "training.learning_rate=1e-4,2e-4"),
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
+    assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
+    client = MlflowClient(server.url)
+    runs = [
+        r
+        for r in client.search_runs([_experiment(client).experiment_id])
+        if r.data.tags.get("output_dir", "").startswith(str(tmp_path))
+        or r.data.tags.get("sweep_dir", "").startswith(str(tmp_path))
+    ]
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    [job] = [r for r in runs if r.data.tags.get("strategy") == "ddp"]
+    assert job.data.params["scaling.world_size"] == "2"
+    assert [m.step for m in client.get_metric_history(job.info.run_id, "val/macro_f1")] == [1]
+    # Artifacts went through the server into its store; nothing was written beside the jobs.
+    assert "checkpoints" in {a.path for a in client.list_artifacts(job.info.run_id)}
+    stored = server.tmp / "server-artifacts" / job.info.experiment_id / job.info.run_id
+    assert (stored / "artifacts" / "checkpoints" / "best.pth").is_file()
+    assert not (tmp_path / "mlartifacts").exists() and not (tmp_path / "mlflow.db").exists()
+    [parent] = [r for r in runs if r.data.tags.get("tennis_exp.role") == "sweep"]
+    assert f"{server.url}/#/experiments/" in sweep.stdout  # the sweep's page, printed
+    assert f"/runs/{parent.info.run_id}?workflowType=machine_learning" in sweep.stdout
+
+
+def _train_until_epoch(tmp_path, server, epochs: int, retry_s: float, first_epoch_seen):
+    """A run against the server that calls `first_epoch_seen()` once epoch 1 is logged."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tennis_exp",
+            *_smoke(
+                tmp_path,
+                "hardware=cpu",
+                f"training.epochs={epochs}",
+                f"tracking.retry_s={retry_s}",
+                f"hydra.run.dir={tmp_path / 'run'}",
+            ),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": server.url, "PYTHONUNBUFFERED": "1"},
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if f"epoch 1/{epochs}" in line:
+            first_epoch_seen()
+            break
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, "".join(lines) + out, err
+
+
+def test_a_server_back_within_the_bound_loses_nothing(server, tmp_path):
+    epochs, outage = 4, {}
+
+    def go_away():
+        server.kill()
+        outage["from"] = time.time()
+
+    def come_back():
+        time.sleep(4)
+        server.start()
+        outage["to"] = time.time()
+
+    # The server goes away after epoch 1 and comes back 4 s later, on the same port and store.
+    threads = []
+    code, out, err = _train_until_epoch(
+        tmp_path, server, epochs, 300, lambda: (go_away(), threads.append(_in_thread(come_back)))
+    )
+    threads[0].join(timeout=300)  # the server back and showing its banner
+    assert code == 0, out[-3000:] + err[-3000:]
+    log = out + err
+    assert log.count("does not answer") == 1  # said once
+    assert log.count("answers again") == 1
+    client = MlflowClient(server.url)
+    [run] = client.search_runs([_experiment(client).experiment_id])
+    assert run.info.status == "FINISHED"
+    for key in ("train/loss", "val/macro_f1", "lr"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1))
+    # Training went on while the server was away: epochs were logged with times inside it.
+    times = [m.timestamp / 1000 for m in client.get_metric_history(run.info.run_id, "lr")]
+    assert any(outage["from"] < t < outage["to"] for t in times)
+    assert "test/macro_f1" in run.data.metrics
+    assert "checkpoints" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def _in_thread(fn):
+    import threading
+
+    thread = threading.Thread(target=fn, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_server_gone_past_the_bound_ends_the_run_in_one_line(server, tmp_path):
+    epochs = 3
+    code, out, err = _train_until_epoch(tmp_path, server, epochs, 3, server.kill)
+    assert code == 1
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, err
+    said = re.match(
+        rf"Error: MLflow at {re.escape(server.url)} did not answer for 3 s \(tracking.retry_s\): "
+        rf"not logged: metrics at step\(s\) (\d+)-{epochs} \(\d+ values\), ",
+        errors[0],
+    )
+    assert said, errors[0]
+    for lost in ("artifact confusion_matrix.png", "artifact checkpoints/best.pth", "FINISHED"):
+        assert lost in errors[0]
+    assert errors[0].endswith(f"the run's checkpoints and files are in {tmp_path / 'run'}")
+    assert (out + err).count("does not answer") == 1
+    # What the line names is exactly what the store lacks (read from its file directly).
+    client = MlflowClient(server.store)
+    [run] = client.search_runs([_experiment(client).experiment_id])
+    logged = [m.step for m in client.get_metric_history(run.info.run_id, "val/macro_f1")]
+    assert sorted(logged) == list(range(1, int(said.group(1))))
+    # Training finished, and its checkpoints are there.
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pth", weights_only=True)
+    assert last["epoch"] == epochs
+    assert (tmp_path / "run" / "checkpoints" / "best.pth").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--store", "foo://x"], "'foo://x' is not a database store URI"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--store", "postgresql+psycopg2://nobody@127.0.0.1:1/no"], "cannot open the store"),
+    ],
+)
+def test_bad_server_input_is_one_line(tmp_path, args, message):
+    out = subprocess.run(
+        [sys.executable, "-m", "tennis_exp.server", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("Error: ") and message in line
+
+
+def test_a_port_in_use_is_one_line(shared_server, tmp_path):
+    server = shared_server
+    out = subprocess.run(
+        [sys.executable, "-m", "tennis_exp.server", "--port", str(server.port)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        f"Error: cannot listen on 127.0.0.1:{server.port} (Address already in use): "
+        "pass another PORT"
+    )
+
+
+def _postgres_bin() -> Path | None:
+    found = shutil.which("initdb") or next(
+        iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)), None
+    )
+    return Path(found).resolve().parent if found else None
+
+
+@pytest.fixture
+def postgres():
+    """A PostgreSQL cluster of its own in a temporary directory, on a free port: the URI of
+    its `mlflow` database. As root, the cluster runs as Debian's `postgres` user."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("needs PostgreSQL's initdb (Debian: apt-get install postgresql)")
+    prefix = []
+    if os.geteuid() == 0:  # initdb refuses root
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root without a postgres user to run the cluster as")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    home = Path(tempfile.mkdtemp(prefix="tennis-pg-"))
+    if prefix:
+        os.chown(home, user.pw_uid, user.pw_gid)
+    port = free_port()
+
+    def pg(tool: str, *args: str) -> None:
+        subprocess.run(
+            [*prefix, str(bin_dir / tool), *args], check=True, capture_output=True, timeout=120
+        )
+
+    try:
+        pg("initdb", "-D", str(home / "data"), "-U", "mlflow", "--auth=trust")
+        pg(
+            "pg_ctl",
+            "-D",
+            str(home / "data"),
+            "-l",
+            str(home / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {home} -c listen_addresses=127.0.0.1",
+            "start",
+        )
+        pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow")
+        yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow"
+    finally:
+        if (home / "data" / "postmaster.pid").exists():
+            pg("pg_ctl", "-D", str(home / "data"), "-m", "immediate", "stop")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_postgresql_store_behind_the_server(postgres, tmp_path):
+    srv = Server(tmp_path, store=postgres).start()
+    try:
+        out = run_cli(
+            [
+                "--multirun",
+                "hydra/launcher=parallel",
+                "hydra.launcher.n_jobs=2",
+                *_smoke(tmp_path, "hardware=cpu", "training.learning_rate=1e-4,2e-4"),
+                f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            ],
+            cwd=tmp_path,
+            env={"MLFLOW_TRACKING_URI": srv.url},
+        )
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert f"MLflow server: {srv.url} (store {postgres})" in srv.banner
+        client = MlflowClient(srv.url)
+        runs = client.search_runs([_experiment(client).experiment_id])
+        assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    finally:
+        srv.stop()
+    # The runs are in PostgreSQL itself, not in a file beside the server.
+    assert MlflowClient(postgres).search_runs([_experiment(MlflowClient(postgres)).experiment_id])
+    assert not list(tmp_path.glob("*.db"))
