@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from tennis_exp.tracking.compare import Row, add_speedups, to_text
+from tennis_exp.tracking.compare import Row, add_speedups, swept_values, to_csv, to_text
 from tennis_exp.tracking.runs import ensure_experiment, filter_value, runs_tagged
 from tennis_exp.tracking.sweep import SweepTracking, child_runs, record_failed_job, sweep_parent
 
@@ -35,6 +38,38 @@ def test_speedup_and_efficiency_compare_jobs_on_the_same_device_type():
     assert by_name["gpu4"].efficiency == pytest.approx(0.75)
     assert by_name["failed"].speedup is None and by_name["failed"].efficiency is None
     assert "fewest devices of the same type" in to_text(rows)
+
+
+def _run(run_id, overrides):
+    info = SimpleNamespace(run_id=run_id)
+    return SimpleNamespace(
+        info=info, data=SimpleNamespace(tags={"overrides": json.dumps(overrides)})
+    )
+
+
+def test_the_table_has_a_column_per_key_the_sweep_varied():
+    runs = [
+        _run("a", ["hardware=cpu", "debug=smoke", "training.learning_rate=0.0001"]),
+        _run("b", ["hardware=gpu1", "debug=smoke", "training.learning_rate=0.0002"]),
+        _run("c", ["hardware=cpu", "debug=smoke", "model.x=[1, 2]"]),  # a key of its own
+    ]
+    swept = swept_values(runs)
+    assert swept == {
+        "a": {"hardware": "cpu", "training.learning_rate": "0.0001", "model.x": None},
+        "b": {"hardware": "gpu1", "training.learning_rate": "0.0002", "model.x": None},
+        "c": {"hardware": "cpu", "training.learning_rate": None, "model.x": "[1, 2]"},
+    }
+    rows = [_row(name, "cpu", 1, 10.0) for name in "abc"]
+    for row in rows:
+        row.swept = swept[row.run]
+    header, *lines = to_csv(rows).splitlines()
+    assert header.endswith(",test_macro_f1,hardware,training.learning_rate,model.x")
+    assert lines[2].endswith(',cpu,,"[1, 2]"')
+    assert to_text(rows).splitlines()[0].split()[-3:] == [
+        "hardware",
+        "training.learning_rate",
+        "model.x",
+    ]
 
 
 def test_the_baseline_is_the_fewest_devices_even_if_listed_later():

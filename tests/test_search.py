@@ -151,3 +151,31 @@ def test_a_search_whose_trials_all_fail_ends_in_one_line(tmp_path):
     _, parent, trials = _runs(tmp_path)
     assert [t.info.status for t in trials] == ["FAILED", "FAILED"]
     assert parent.info.status == "FAILED"  # closed, not left RUNNING
+
+
+@pytest.mark.slow
+def test_a_search_on_slurms_launcher(tmp_path):
+    # submitit's local executor stands in for SLURM: each trial a job in a process of its own,
+    # two at a time; its value comes back through submitit's pickled result.
+    out = _search(
+        tmp_path,
+        "hydra/launcher=submitit_local",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=2",
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    _, parent, trials = _runs(tmp_path)
+    assert len(trials) == 2 and {t.info.status for t in trials} == {"FINISHED"}
+    assert parent.data.tags["best_run_id"] in {t.info.run_id for t in trials}
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert set(results["best_params"]) == {k for k in SEARCHED if k in _searched_here(tmp_path)}
+
+
+def _searched_here(tmp_path) -> set[str]:
+    """The keys of the preset the search ran with."""
+    preset = tmp_path / "conf" / "hparams_search" / "here.yaml"
+    return set(
+        yaml.safe_load((preset if preset.exists() else PRESET).read_text())["hydra"]["sweeper"][
+            "params"
+        ]
+    )

@@ -81,7 +81,11 @@ def child_runs(client, parent) -> list:
 
 
 def record_failed_job(
-    cfg: DictConfig, output_dir: Path, sweep_dir: str, message: str, overrides: list[str]
+    cfg: DictConfig,
+    output_dir: Path,
+    sweep_dir: str,
+    message: str,
+    overrides: list[str] | None = None,
 ) -> None:
     """A sweep job that failed before its run started still gets a FAILED run, so the sweep's
     table and the UI show it instead of silently having one job fewer."""
