@@ -124,6 +124,15 @@ def test_a_parallel_sweeps_jobs_are_given_free_gpus(tmp_path, four_gpus):
     assert (tmp_path / devicepool.POOL_DIR / "gpu3.lock").is_file()
 
 
+def test_a_parallel_job_starts_processes_the_platforms_way(tmp_path, monkeypatch):
+    # joblib's workers default to their own 'loky' start method, which DDP ranks and loader
+    # workers started from a job cannot set up ("cannot find context for 'loky'").
+    monkeypatch.setattr(multiprocessing.context._default_context, "_actual_context", None)
+    multiprocessing.set_start_method("spawn", force=True)  # stands in for 'loky'
+    with job_devices(compose_config(["hardware=cpu"]), str(tmp_path), _launcher(2)):
+        assert multiprocessing.get_start_method(allow_none=True) is None
+
+
 @pytest.mark.parametrize(
     ("overrides", "sweep_dir", "launcher"),
     [

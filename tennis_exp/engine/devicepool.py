@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import multiprocessing
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -92,6 +93,10 @@ def job_devices(cfg: DictConfig, sweep_dir: str | None, launcher) -> Iterator[Di
     """
     hw = cfg.hardware
     side_by_side = sweep_dir is not None and launcher.get("_target_") in SIDE_BY_SIDE
+    if side_by_side:
+        # joblib's worker makes its own 'loky' the default start method, which a process the
+        # job starts (a DDP rank, a loader worker) cannot set up: back to the platform's.
+        multiprocessing.set_start_method(None, force=True)
     if (
         not side_by_side
         or hw.accelerator is not Accelerator.cuda
