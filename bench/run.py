@@ -57,12 +57,12 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, RandomSampler
 
 from tennis_exp.config import Precision, register_configs
-from tennis_exp.data.frames import build_datasets
+from tennis_exp.data.frames import build_datasets, make_loader
 from tennis_exp.engine import distributed
 from tennis_exp.engine.distributed import Dist
 from tennis_exp.engine.features import cached_features
 from tennis_exp.engine.hardware import plan_run
-from tennis_exp.engine.loop import STOP_CHECK_STEPS, TIMING_WARMUP_STEPS, make_loader
+from tennis_exp.engine.loop import STOP_CHECK_STEPS, TIMING_WARMUP_STEPS
 from tennis_exp.models.cnn_lstm import build_model
 from tennis_exp.tracking.runs import Run, ensure_experiment
 

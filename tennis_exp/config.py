@@ -181,8 +181,27 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
+class Split(Enum):
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+@dataclass
+class EvaluateConfig(Config):
+    """`python -m tennis_exp.evaluate`: the run's config, and what to score with what."""
+
+    # Ours (best.pth, last.pth) or the old script's best_model.pth, with or without `module.`.
+    checkpoint: str = MISSING
+    split: Split = Split.test
+    # A folder in the layout of one split (<folder>/<action>/<video>/frame_%04d.jpg), scored
+    # instead of the split.
+    folder: str | None = None
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="tennis_exp_schema", node=Config)
+    ConfigStore.instance().store(name="tennis_exp_evaluate_schema", node=EvaluateConfig)
     # ${pid:} in output paths: processes started in the same microsecond still differ.
     # Cached like Hydra's ${now:}: every submitit task then resolves the sweep dir to the one
     # the sweep process chose, instead of a directory of its own.

@@ -20,8 +20,7 @@ from PIL import Image
 
 from tennis_exp.config import DataConfig, SyntheticConfig, SyntheticPreset, TrainingConfig
 from tennis_exp.data import frames as data
-from tennis_exp.data.frames import WindowDataset, build_datasets, scan_split
-from tennis_exp.engine.loop import make_loader
+from tennis_exp.data.frames import WindowDataset, build_datasets, make_loader, scan_split
 from tennis_exp.errors import UserError
 
 # torchvision 0.29 deprecates its JPEG decoder (in favour of torchcodec) and warns per call.

@@ -19,12 +19,11 @@ from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
 from tennis_exp.config import Precision
-from tennis_exp.data.frames import build_datasets
+from tennis_exp.data.frames import build_datasets, make_loader
 from tennis_exp.engine import distributed
 from tennis_exp.engine.checkpoint import load_weights
 from tennis_exp.engine.distributed import Dist
 from tennis_exp.engine.evaluation import evaluate
-from tennis_exp.engine.loop import make_loader
 from tennis_exp.errors import UserError
 from tennis_exp.models.cnn_lstm import build_model
 
@@ -75,7 +74,8 @@ def test_two_gloo_processes_train_one_run(tmp_path):
     test_set = build_datasets(cfg.data, cfg.seed)["test"]
     cpu = torch.device("cpu")
     loader = make_loader(test_set, 5, cfg.training, cpu, 0)
-    metrics, cm = evaluate(model, loader, cpu, Precision.fp32, list(cfg.data.events), None, Dist())
+    result = evaluate(model, loader, cpu, Precision.fp32, list(cfg.data.events), None, Dist())
+    metrics, cm = result.metrics, result.confusion
     assert cm.sum() == len(test_set)
     assert run.data.metrics["test/acc"] == pytest.approx(metrics["acc"], abs=1e-9)
     assert run.data.metrics["test/macro_f1"] == pytest.approx(metrics["macro_f1"], abs=1e-9)

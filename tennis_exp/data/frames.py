@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from tennis_exp.errors import UserError
 from tennis_exp.files import atomic_write
@@ -113,11 +113,15 @@ def _list_frames(video_dir: str) -> VideoFrames:
 
 def scan_split(root: Path, split: str, data_cfg) -> SplitIndex:
     """Index the usable videos of ``root/split`` and their sliding windows."""
-    split_dir = Path(root) / split
+    stride = data_cfg.train_stride if split == "train" else data_cfg.eval_stride
+    return scan_folder(Path(root) / split, split, stride, data_cfg)
+
+
+def scan_folder(split_dir: Path, split: str, stride: int, data_cfg) -> SplitIndex:
+    """Index the videos of a folder in the layout of one split, `split` naming it."""
     if not split_dir.is_dir():
         raise UserError(f"split folder {split_dir} is missing; expected {_LAYOUT}")
     window = data_cfg.window
-    stride = data_cfg.train_stride if split == "train" else data_cfg.eval_stride
     event_index = {event: i for i, event in enumerate(data_cfg.events)}
     excluded = set(data_cfg.excluded)
 
@@ -380,6 +384,25 @@ def _check_root(root: Path) -> None:
 
 def build_datasets(data_cfg, seed: int) -> dict[str, WindowDataset]:
     """Scan (and cache) every split; returns {"train", "val", "test"} -> WindowDataset."""
+    root = _dataset_root(data_cfg)
+    # Every split is scanned before any cache is built, so layout errors come first.
+    indexes = [scan_split(root, split, data_cfg) for split in _SPLITS]
+    return {index.split: _windows(index, data_cfg, seed) for index in indexes}
+
+
+def build_split(data_cfg, seed: int, split: str, folder: str | None = None) -> WindowDataset:
+    """One split of the configured data, or instead a folder in the layout of one split
+    (its windows at the evaluation stride)."""
+    if folder is not None:
+        path = Path(folder).expanduser().absolute()
+        return _windows(
+            scan_folder(path, path.name, data_cfg.eval_stride, data_cfg), data_cfg, seed
+        )
+    return _windows(scan_split(_dataset_root(data_cfg), split, data_cfg), data_cfg, seed)
+
+
+def _dataset_root(data_cfg) -> Path:
+    """data.root, generated first when it is the synthetic twin, checked to hold the splits."""
     root = Path(data_cfg.root).expanduser().absolute()
     if data_cfg.synthetic.generate:
         from tennis_exp.data.synthetic import ensure_synthetic
@@ -392,29 +415,44 @@ def build_datasets(data_cfg, seed: int) -> dict[str, WindowDataset]:
             image_size=data_cfg.image_size,
         )
     _check_root(root)
-    # Every split is scanned before any cache is built, so layout errors come first.
-    indexes = [scan_split(root, split, data_cfg) for split in _SPLITS]
+    return root
+
+
+def _windows(index: SplitIndex, data_cfg, seed: int) -> WindowDataset:
+    """The index's windows, read from its frame cache (built on first use) if enabled."""
     cache_dir = Path(data_cfg.cache_dir).expanduser().absolute()
-    datasets = {}
-    for index in indexes:
-        cache_file = (
-            _ensure_cache(index, data_cfg.image_size, cache_dir) if data_cfg.frame_cache else None
-        )
-        datasets[index.split] = WindowDataset(
-            index,
-            window=data_cfg.window,
-            image_size=data_cfg.image_size,
-            cache_file=cache_file,
-            shuffle_seed=seed if data_cfg.shuffle_frames else None,
-        )
-        counts = ", ".join(f"{e} {n}" for e, n in index.class_counts(data_cfg.events).items())
-        log.info(
-            "%s: %d windows from %d videos (%s); %d video(s) shorter than %d frames skipped",
-            index.split,
-            len(index.windows),
-            len(index.videos),
-            counts,
-            index.skipped_short,
-            data_cfg.window,
-        )
-    return datasets
+    cache_file = (
+        _ensure_cache(index, data_cfg.image_size, cache_dir) if data_cfg.frame_cache else None
+    )
+    counts = ", ".join(f"{e} {n}" for e, n in index.class_counts(data_cfg.events).items())
+    log.info(
+        "%s: %d windows from %d videos (%s); %d video(s) shorter than %d frames skipped",
+        index.split,
+        len(index.windows),
+        len(index.videos),
+        counts,
+        index.skipped_short,
+        data_cfg.window,
+    )
+    return WindowDataset(
+        index,
+        window=data_cfg.window,
+        image_size=data_cfg.image_size,
+        cache_file=cache_file,
+        shuffle_seed=seed if data_cfg.shuffle_frames else None,
+    )
+
+
+def make_loader(dataset, batch_size: int, training, device: torch.device, seed: int, sampler=None):
+    """`training`: the run's training config (its num_workers and prefetch_factor)."""
+    workers = training.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=training.prefetch_factor if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DistributedSampler, Subset
 from tqdm import tqdm
 
 from tennis_exp.config import Precision, Strategy
-from tennis_exp.data.frames import WindowDataset
+from tennis_exp.data.frames import WindowDataset, make_loader
 from tennis_exp.engine import checkpoint
 from tennis_exp.engine.checkpoint import Checkpoint, StopSignal, signals_deferred, unwrap
 from tennis_exp.engine.distributed import Dist
@@ -142,7 +142,7 @@ class Trainer:
         with self.stop:
             for epoch in range(self.state.epoch + 1, self.tcfg.epochs + 1):
                 result = self.train_one_epoch(epoch)
-                val, _ = evaluate(
+                val = evaluate(
                     self.trained,
                     self.loaders["val"],
                     self.plan.device,
@@ -151,7 +151,7 @@ class Trainer:
                     self.tcfg.max_batches,
                     self.dist,
                 )
-                self.end_epoch(epoch, result, val)
+                self.end_epoch(epoch, result, val.metrics)
                 # A signal during evaluation takes effect here, once the epoch is saved.
                 if self.stop_agreed():
                     raise KeyboardInterrupt(f"stopped by {self.stop.name or 'another rank'}")
@@ -352,7 +352,7 @@ class Trainer:
         """The best val weights on the test split, logged with a confusion matrix."""
         self.dist.barrier()  # best.pth is written before any rank reads it
         checkpoint.load_weights(self.model, checkpoint.load(self.ckpt_dir / "best.pth"))
-        test, cm = evaluate(
+        result = evaluate(
             self.trained,
             self.loaders["test"],
             self.plan.device,
@@ -361,6 +361,7 @@ class Trainer:
             self.tcfg.max_batches,
             self.dist,
         )
+        test, cm = result.metrics, result.confusion
         if self.dist.is_main:
             log.info(
                 "test (best val weights): acc %.3f macro-F1 %.3f", test["acc"], test["macro_f1"]
@@ -453,21 +454,6 @@ def make_loaders(datasets, sampler, plan: RunPlan, dist: Dist, training, seed: i
             for split in ("val", "test")
         },
     }
-
-
-def make_loader(dataset, batch_size: int, training, device: torch.device, seed: int, sampler=None):
-    """`training`: the run's training config (its num_workers and prefetch_factor)."""
-    workers = training.num_workers
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        prefetch_factor=training.prefetch_factor if workers > 0 else None,
-        generator=torch.Generator().manual_seed(seed),
-    )
 
 
 def reset_peak_memory(plan: RunPlan) -> None:
