@@ -17,6 +17,7 @@ Every number is a median over epochs and repeats; every ratio divides numbers of
 8. (issue 11) What a DDP stop agreement costs: one all-reduce of a flag and its host sync,
    between two gloo ranks on the CPU, against a training step; the loop agrees every
    STOP_CHECK_STEPS steps.
+9. (issue 13) Training with augmentation on the device against without.
 
 `--gpu` measures the GPU rows instead, on the users' frozen ResNet-50 baseline at 224 px:
 6. samples/s and peak GPU memory in fp32, bf16, fp16 and from the feature cache, the bare loop
@@ -182,8 +183,15 @@ FROZEN_CACHED = Case(
     "run",
     (*FROZEN, "model.feature_cache=true"),
 )
-CASES = [FULL, BARE, LOADER, LOADER_DECODE, FROZEN_PLAIN, FROZEN_CACHED]
+AUGMENTED = Case(
+    9,
+    "full run, flip + colour jitter per window on the device (`data.augment.kind=flip_jitter`)",
+    "run",
+    ("data.augment.kind=flip_jitter",),
+)
+CASES = [FULL, BARE, LOADER, LOADER_DECODE, FROZEN_PLAIN, FROZEN_CACHED, AUGMENTED]
 RATIOS = [
+    Ratio(9, "augmented / plain full run, samples/s", AUGMENTED, FULL),
     Ratio(1, "full run / bare loop", FULL, BARE, at_least=0.97),
     Ratio(3, "loader alone / training (full run)", LOADER, FULL, at_least=5.0),
     Ratio(3, "frame cache speed-up: cached / JPEG decode (loader alone)", LOADER, LOADER_DECODE),

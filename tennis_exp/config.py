@@ -69,6 +69,16 @@ class Backbone(Enum):
     resnet50 = "resnet50"
 
 
+class Augment(Enum):
+    none = "none"
+    flip_jitter = "flip_jitter"  # horizontal flip and colour jitter, as the old script had
+
+
+class AugmentPer(Enum):
+    window = "window"  # one draw for all frames of a window: the motion stays coherent
+    frame = "frame"  # a draw per frame (the old script: a window could flip back and forth)
+
+
 class SyntheticPreset(Enum):
     full = "full"  # exactly the real split's window counts: 7775 / 882 / 952
     small = "small"  # the CPU default
@@ -81,6 +91,19 @@ class SyntheticConfig:
     generate: bool = False
     preset: SyntheticPreset = SyntheticPreset.small
     seed: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation, applied to each batch on its device."""
+
+    kind: Augment = Augment.none
+    per: AugmentPer = AugmentPer.window
+    flip_p: float = 0.5
+    # ColorJitter's: factors drawn uniformly from [1 - x, 1 + x].
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
 
 
 @dataclass
@@ -97,6 +120,7 @@ class DataConfig:
     # Decoded frames are kept in a uint8 file per split, rebuilt when the source changes.
     frame_cache: bool = True
     cache_dir: str = ".cache/frames"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Ablation: permute the frames of every window, which destroys temporal order.
     shuffle_frames: bool = False
     # Use only the first N videos (sorted by name) of every action folder: a quick look at
@@ -115,9 +139,16 @@ class ModelConfig:
     # `feature_cache_dir`, keyed by the frames, the backbone's weights and the precision.
     feature_cache: bool = True
     feature_cache_dir: str = ".cache/features"
+    # A frozen backbone's BatchNorm keeps its statistics (ours); false updates them in train
+    # mode, as the old script did, and then needs model.feature_cache=false.
+    freeze_bn_stats: bool = True
     lstm_hidden: int = 128
     lstm_layers: int = 2
     dropout: float = 0.3
+    # Dropout between LSTM layers and in the head; null: model.dropout. The old script had
+    # none between its LSTM layers and 0.5 in the head whatever its config said.
+    lstm_dropout: float | None = None
+    head_dropout: float | None = None
     head_hidden: int = 128
     # Start from a checkpoint (ours or the old script's best_model.pth).
     init_from: str | None = None
@@ -148,6 +179,9 @@ class TrainingConfig:
     warmup_epochs: int = 1
     lr_patience: int = 3
     lr_factor: float = 0.5
+    # Cross-entropy class weights: none, balanced (n / (k * count_c) over the training split,
+    # as the users' transfer runs had) or one weight per event, in data.events order.
+    class_weights: Any = "none"
     grad_clip: float | None = 1.0
     # torch.compile the model (one device or DDP; not DataParallel).
     compile: bool = False
@@ -199,6 +233,46 @@ class EvaluateConfig(Config):
     folder: str | None = None
 
 
+def _validate_class_weights(weights: Any, events: list[str]) -> None:
+    if weights in ("none", "balanced"):
+        return
+    valid = "none, balanced, or one weight > 0 per event"
+    if not OmegaConf.is_list(weights) and not isinstance(weights, list | tuple):
+        raise UserError(f"training.class_weights={weights} is invalid: use {valid}")
+    if len(weights) != len(events):
+        raise UserError(
+            f"training.class_weights has {len(weights)} weight(s) but data.events has "
+            f"{len(events)} ({', '.join(events)}): give one weight per event, in that order"
+        )
+    if not all(isinstance(w, int | float) and not isinstance(w, bool) and w > 0 for w in weights):
+        raise UserError(f"training.class_weights={list(weights)} is invalid: use {valid}")
+
+
+def _validate_feature_cache(cfg: DictConfig) -> None:
+    """The feature cache computes a frozen backbone's features once, from the stored frames:
+    whatever makes them differ between epochs cannot go with it."""
+    model = cfg.model
+    if not (model.freeze_backbone and model.feature_cache):
+        return
+    if not cfg.data.frame_cache:
+        raise UserError(
+            "model.feature_cache=true reads the frames from the frame cache: set "
+            "data.frame_cache=true, or model.feature_cache=false"
+        )
+    if not model.freeze_bn_stats:
+        raise UserError(
+            "model.freeze_bn_stats=false updates the backbone's BatchNorm statistics every "
+            "step, so its features are never the same twice: set model.feature_cache=false"
+        )
+    if cfg.data.augment.kind is not Augment.none:
+        raise UserError(
+            f"data.augment.kind={cfg.data.augment.kind.value} changes the frames that "
+            "model.feature_cache=true passes through the backbone only once: set "
+            "model.feature_cache=false (augment through the backbone every step), or "
+            "data.augment.kind=none"
+        )
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="tennis_exp_schema", node=Config)
     ConfigStore.instance().store(name="tennis_exp_evaluate_schema", node=EvaluateConfig)
@@ -231,7 +305,16 @@ _MINIMUMS: list[tuple[str, Any]] = [
     ("model.lstm_layers", 1),
 ]
 _POSITIVE: list[str] = ["training.learning_rate"]
-_FRACTIONS: list[str] = ["model.dropout", "training.lr_factor"]
+_FRACTIONS: list[str] = [
+    "model.dropout",
+    "model.lstm_dropout",
+    "model.head_dropout",
+    "training.lr_factor",
+    "data.augment.flip_p",
+    "data.augment.brightness",
+    "data.augment.contrast",
+    "data.augment.saturation",
+]
 
 
 def validate(cfg: DictConfig) -> None:
@@ -251,13 +334,10 @@ def validate(cfg: DictConfig) -> None:
         if not get(key) > 0:
             raise UserError(f"{key}={get(key)} is invalid: it must be > 0")
     for key in _FRACTIONS:
-        if not 0 <= get(key) < 1:
+        if get(key) is not None and not 0 <= get(key) < 1:
             raise UserError(f"{key}={get(key)} is invalid: it must be in [0, 1)")
-    if cfg.model.freeze_backbone and cfg.model.feature_cache and not cfg.data.frame_cache:
-        raise UserError(
-            "model.feature_cache=true reads the frames from the frame cache: set "
-            "data.frame_cache=true, or model.feature_cache=false"
-        )
+    _validate_class_weights(cfg.training.class_weights, list(cfg.data.events))
+    _validate_feature_cache(cfg)
     hw = cfg.hardware
     if cfg.training.compile and hw.strategy is Strategy.dp and hw.devices > 1:
         raise UserError(

@@ -22,6 +22,7 @@ from torch.utils.data import DistributedSampler, Subset
 from tqdm import tqdm
 
 from tennis_exp.config import Precision, Strategy
+from tennis_exp.data.augment import augment
 from tennis_exp.data.frames import WindowDataset, make_loader
 from tennis_exp.engine import checkpoint
 from tennis_exp.engine.checkpoint import Checkpoint, StopSignal, signals_deferred, unwrap
@@ -57,6 +58,7 @@ class Job:
     output_dir: Path
     run_id: str | None
     tracking_uri: str
+    class_weights: list[float] | None = None  # the loss's, from the training split
     resume_from: Path | None = None
 
 
@@ -92,6 +94,9 @@ class Trainer:
         self.model = model.to(self.plan.device)
         self.trained, datasets = self._trained_part(datasets)
         self.params = [p for p in self.trained.parameters() if p.requires_grad]
+        self.class_weights = (
+            torch.tensor(job.class_weights, device=self.plan.device) if job.class_weights else None
+        )
         self.state = TrainState(
             torch.optim.Adam(
                 self.params, lr=self.plan.scaling.learning_rate, weight_decay=self.tcfg.weight_decay
@@ -198,12 +203,12 @@ class Trainer:
         lr = self.schedule.lr(state.step, state.plateau.scale)
         for group in state.optimizer.param_groups:
             group["lr"] = lr
-        frames = frames.to(plan.device, non_blocking=True)
+        frames = augment(frames.to(plan.device, non_blocking=True), self.job.cfg.data.augment)
         labels = labels.to(plan.device, non_blocking=True)
         try:
             with autocast(plan.precision, plan.device.type):
                 logits = self.trained(frames)
-                loss = F.cross_entropy(logits, labels)
+                loss = F.cross_entropy(logits, labels, weight=self.class_weights)
             state.optimizer.zero_grad(set_to_none=True)
             state.scaler.scale(loss).backward()
         except torch.cuda.OutOfMemoryError:
