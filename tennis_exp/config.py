@@ -120,6 +120,10 @@ class DataConfig:
     # Decoded frames are kept in a uint8 file per split, rebuilt when the source changes.
     frame_cache: bool = True
     cache_dir: str = ".cache/frames"
+    # auto | true | false: hold the frame cache (or a frozen backbone's features) in device
+    # memory and gather windows there, skipping the host loader. auto: on a GPU where it fits
+    # with the margin of data/device_cache.py; true: also on the CPU.
+    device_cache: Any = "auto"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Ablation: permute the frames of every window, which destroys temporal order.
     shuffle_frames: bool = False
@@ -337,6 +341,15 @@ def validate(cfg: DictConfig) -> None:
         if get(key) is not None and not 0 <= get(key) < 1:
             raise UserError(f"{key}={get(key)} is invalid: it must be in [0, 1)")
     _validate_class_weights(cfg.training.class_weights, list(cfg.data.events))
+    if cfg.data.device_cache not in ("auto", True, False):
+        raise UserError(
+            f"data.device_cache={cfg.data.device_cache} is invalid: use auto, true or false"
+        )
+    if cfg.data.device_cache is True and not cfg.data.frame_cache:
+        raise UserError(
+            "data.device_cache=true holds the frame cache on the device: set "
+            "data.frame_cache=true, or data.device_cache=auto"
+        )
     _validate_feature_cache(cfg)
     hw = cfg.hardware
     if cfg.training.compile and hw.strategy is Strategy.dp and hw.devices > 1:

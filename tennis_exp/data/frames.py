@@ -323,13 +323,7 @@ class WindowDataset(Dataset):
         return len(self.index.windows)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        video, start = (int(x) for x in self.index.windows[i])
-        if self._shuffle_seed is None:
-            positions = slice(start, start + self._window)
-        else:
-            # Seeded by (seed, window) so a run is reproducible whatever the worker or epoch.
-            rng = np.random.default_rng((self._shuffle_seed, i))
-            positions = start + rng.permutation(self._window)
+        video, positions = self._positions(i)
         if self._cache_file is None:
             clip = self._decode(video, positions)
         else:
@@ -337,6 +331,22 @@ class WindowDataset(Dataset):
             frames = self._cached_frames()[self._offsets[video] :][positions]
             clip = torch.from_numpy(np.array(frames))
         return clip, int(self.index.labels[i])
+
+    def frame_rows(self, i: int) -> np.ndarray:
+        """The rows of the split's per-frame array (the cache file) that window i reads."""
+        video, positions = self._positions(i)
+        if isinstance(positions, slice):
+            positions = np.arange(positions.start, positions.stop)
+        return self._offsets[video] + positions
+
+    def _positions(self, i: int) -> tuple[int, slice | np.ndarray]:
+        """Window i's video, and its frames' positions in that video."""
+        video, start = (int(x) for x in self.index.windows[i])
+        if self._shuffle_seed is None:
+            return video, slice(start, start + self._window)
+        # Seeded by (seed, window) so a run is reproducible whatever the worker or epoch.
+        rng = np.random.default_rng((self._shuffle_seed, i))
+        return video, start + rng.permutation(self._window)
 
     def _cached_frames(self) -> np.ndarray:
         # Opened on first use in each process: a memmap inherited through fork or pickled

@@ -22,7 +22,9 @@ from torch.utils.data import DistributedSampler, Subset
 from tqdm import tqdm
 
 from tennis_exp.config import Precision, Strategy
+from tennis_exp.data import device_cache
 from tennis_exp.data.augment import augment
+from tennis_exp.data.device_cache import DeviceBatches, DeviceWindows
 from tennis_exp.data.frames import WindowDataset, make_loader
 from tennis_exp.engine import checkpoint
 from tennis_exp.engine.checkpoint import Checkpoint, StopSignal, signals_deferred, unwrap
@@ -106,7 +108,9 @@ class Trainer:
             ),
         )
         self.sampler = ResumableSampler(datasets["train"], cfg.seed, dist)
-        self.loaders = make_loaders(datasets, self.sampler, self.plan, dist, self.tcfg, cfg.seed)
+        self.loaders = device_batches(
+            datasets, self.sampler, self.plan, dist, cfg.data.device_cache
+        ) or make_loaders(datasets, self.sampler, self.plan, dist, self.tcfg, cfg.seed)
         train_batches = len(self.loaders["train"])
         self.steps_per_epoch = min(train_batches, self.tcfg.max_batches or train_batches)
         self.schedule = LrSchedule.for_run(
@@ -441,6 +445,31 @@ class ResumableSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         return islice(super().__iter__(), self.skip, None)
+
+
+def device_batches(datasets, sampler, plan: RunPlan, dist: Dist, setting) -> dict | None:
+    """The splits' batches gathered from frames held on the device (the same batches as
+    `make_loaders`'), or None where data.device_cache does not apply or they do not fit."""
+    has_cache = all(d.cache_file is not None for d in datasets.values())
+    if not device_cache.wanted(setting, plan.device, has_cache):
+        return None
+    windows = {  # a rank holds its val and test shards, and all of train (reshuffled each epoch)
+        split: DeviceWindows(
+            d, range(dist.rank, len(d), dist.world_size) if split != "train" else None
+        )
+        for split, d in datasets.items()
+    }
+    nbytes = sum(w.nbytes for w in windows.values())
+    if not device_cache.fits_on(plan.device, nbytes, setting):
+        return None
+    log.info("data.device_cache: %.2f GiB of frames on %s, no loader", nbytes / 2**30, plan.device)
+    batch = plan.loader_batch_size
+    return {
+        split: DeviceBatches(
+            w.to(plan.device), sampler if split == "train" else range(len(w)), batch
+        )
+        for split, w in windows.items()
+    }
 
 
 def make_loaders(datasets, sampler, plan: RunPlan, dist: Dist, training, seed: int):
