@@ -40,17 +40,16 @@ def test_fits_keeps_a_margin_for_the_model(nbytes, free, total, expected):
 
 
 @pytest.mark.parametrize(
-    ("setting", "device", "cache_file", "expected"),
+    ("setting", "device", "expected"),
     [
-        ("auto", "cuda", True, True),
-        ("auto", "cpu", True, False),  # on the CPU the loader's workers overlap the step
-        (True, "cpu", True, True),
-        (False, "cuda", True, False),
-        ("auto", "cuda", False, False),  # no frame cache to hold
+        ("auto", "cuda", True),
+        ("auto", "cpu", False),  # on the CPU the loader's workers overlap the step
+        (True, "cpu", True),
+        (False, "cuda", False),
     ],
 )
-def test_when_the_device_cache_is_wanted(setting, device, cache_file, expected):
-    assert wanted(setting, torch.device(device), cache_file) is expected
+def test_when_the_device_cache_is_wanted(setting, device, expected):
+    assert wanted(setting, torch.device(device)) is expected
 
 
 def test_frames_that_do_not_fit_are_said_once_and_the_loader_reads_them(monkeypatch, caplog):

@@ -88,10 +88,10 @@ class DeviceBatches:
             yield self.windows.gather(torch.tensor(chunk, device=device))
 
 
-def wanted(setting, device: torch.device, has_cache_file: bool) -> bool:
+def wanted(setting, device: torch.device) -> bool:
     """data.device_cache: `auto` on a GPU, `true` anywhere (on the CPU: host memory, and no
-    loader workers); only over a frame cache (config validation refuses true without one)."""
-    return has_cache_file and (setting is True or (setting == "auto" and device.type == "cuda"))
+    loader workers)."""
+    return setting is True or (setting == "auto" and device.type == "cuda")
 
 
 def fits_on(device: torch.device, nbytes: int, setting) -> bool:

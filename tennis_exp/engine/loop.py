@@ -358,9 +358,11 @@ class Trainer:
         return self.dist.all_reduce([float(requested)], self.plan.device)[0] > 0
 
     def test(self) -> dict[str, float]:
-        """The best val weights on the test split, logged with a confusion matrix."""
-        self.dist.barrier()  # best.pth is written before any rank reads it
-        checkpoint.load_weights(self.model, checkpoint.load(self.ckpt_dir / "best.pth"))
+        """The best val weights on the test split, logged with a confusion matrix. Rank 0 reads
+        them and hands them to the others: best.pth may be on its machine's disk alone."""
+        if self.dist.is_main:
+            checkpoint.load_weights(self.model, self.ckpt_dir / "best.pth")
+        self.dist.broadcast_module(self.model)
         result = evaluate(
             self.trained,
             self.loaders["test"],
@@ -450,8 +452,10 @@ class ResumableSampler(DistributedSampler):
 def device_batches(datasets, sampler, plan: RunPlan, dist: Dist, setting) -> dict | None:
     """The splits' batches gathered from frames held on the device (the same batches as
     `make_loaders`'), or None where data.device_cache does not apply or they do not fit."""
-    has_cache = all(d.cache_file is not None for d in datasets.values())
-    if not device_cache.wanted(setting, plan.device, has_cache):
+    # Only over a frame cache (validation refuses `true` without one).
+    if not device_cache.wanted(setting, plan.device) or any(
+        d.cache_file is None for d in datasets.values()
+    ):
         return None
     windows = {  # a rank holds its val and test shards, and all of train (reshuffled each epoch)
         split: DeviceWindows(

@@ -101,11 +101,12 @@ def show_plan(plan: RunPlan, train_size: int | None) -> None:
 
 
 def prepare_data(cfg: DictConfig, dist: Dist) -> dict[str, WindowDataset]:
-    """The splits, generated and cached by rank 0 first: the other ranks then find them ready."""
-    if not dist.is_main:
+    """The splits, generated and cached by each machine's first rank (nodes need not share a
+    disk), then read by the others, which find them ready."""
+    if not dist.is_node_main:
         dist.barrier()
     datasets = build_datasets(cfg.data, cfg.seed)
-    if dist.is_main:
+    if dist.is_node_main:
         dist.barrier()
     return datasets
 
