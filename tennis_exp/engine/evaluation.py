@@ -27,7 +27,7 @@ from tennis_exp.engine.metrics import (
     metric_name,
     plot_confusion,
 )
-from tennis_exp.models.cnn_lstm import build_model
+from tennis_exp.models.cnn_lstm import CNNLSTM, build_model
 from tennis_exp.tracking.runs import ensure_experiment, mlflow_run, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -80,14 +80,8 @@ def evaluate_checkpoint(cfg: DictConfig, output_dir: Path) -> Evaluation:
     `output_dir`, and as an MLflow run tagged as an evaluation. Everything a mistake can stop
     is checked before the run starts."""
     validate(cfg)
-    ckpt = checkpoint.load(cfg.checkpoint)
-    trained = trained_config(ckpt)
-    model_cfg = trained.model if trained is not None else cfg.model
-    if trained is not None:
-        cfg.data.events = list(trained.data.events)  # the model's classes, in its order
+    model, ckpt = trained_model(cfg)
     events = list(cfg.data.events)
-    model = build_model(model_cfg, len(events), weights_follow=True)
-    checkpoint.load_weights(model, ckpt)
     dataset = build_split(cfg.data, cfg.seed, cfg.split.value, cfg.folder)
     # One process: DataParallel over the profile's GPUs whatever its training strategy.
     plan = replace(plan_run(cfg), strategy=Strategy.dp)
@@ -106,6 +100,20 @@ def evaluate_checkpoint(cfg: DictConfig, output_dir: Path) -> Evaluation:
         for path in files:
             run.log_artifact(path)
     return result
+
+
+def trained_model(cfg: DictConfig) -> tuple[CNNLSTM, checkpoint.Checkpoint]:
+    """The model in `cfg.checkpoint`, rebuilt from the checkpoint's own config when it holds
+    ours (else from cfg.model: the old script's files), with its weights; cfg.data.events
+    becomes the model's classes, in its order."""
+    ckpt = checkpoint.load(cfg.checkpoint)
+    trained = trained_config(ckpt)
+    if trained is not None:
+        cfg.data.events = list(trained.data.events)
+    model_cfg = trained.model if trained is not None else cfg.model
+    model = build_model(model_cfg, len(cfg.data.events), weights_follow=True)
+    checkpoint.load_weights(model, ckpt)
+    return model, ckpt
 
 
 def trained_config(ckpt: checkpoint.Checkpoint) -> DictConfig | None:
