@@ -189,11 +189,18 @@ def split_videos(refs: list[VideoRef], split_cfg: DictConfig) -> list[str]:
     assigned = splitting.assign(refs, ratios, split_cfg.seed, split_cfg.by_player)
     empty = [s for s, r in zip(SPLITS, ratios, strict=True) if r > 0 and s not in assigned]
     if empty:
-        groups = "players and videos without one" if split_cfg.by_player else "videos"
+        ratio_text = "/".join(f"{r:g}" for r in ratios)
+        if split_cfg.by_player:
+            players = len({ref.player for ref in refs if ref.player})
+            groups = (
+                f"{players} player(s) and {sum(not r.player for r in refs)} video(s) without one"
+            )
+            advice = "; split by video with split.by_player=false"
+        else:
+            groups, advice = f"{len(refs)} video(s)", ""
         raise UserError(
-            f"split {', '.join(empty)} would hold no video: {len(refs)} video(s) are too few "
-            f"{groups} for ratios {'/'.join(f'{r:g}' for r in ratios)}"
-            + ("; split by video with split.by_player=false" if split_cfg.by_player else "")
+            f"split {', '.join(empty)} would hold no video: {groups} are too few to split "
+            f"{ratio_text}{advice}"
         )
     return assigned
 
