@@ -108,9 +108,10 @@ class VideoReader:
     def _rgb(self, decoded: av.VideoFrame) -> np.ndarray:
         if self.size is None:
             return decoded.to_ndarray(format="rgb24")
-        # swscale's bilinear filter averages over the whole footprint when downscaling.
+        # Area averaging: no aliasing when downscaling, and a little faster than bilinear on
+        # THETIS's 640x480 (swscale scales and converts to RGB in one pass either way).
         return decoded.to_ndarray(
-            width=self.size, height=self.size, format="rgb24", interpolation="BILINEAR"
+            width=self.size, height=self.size, format="rgb24", interpolation="AREA"
         )
 
     def _unreadable(self, err: BaseException) -> UserError:
