@@ -7,7 +7,7 @@ PORT   ?= 5000
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install prepare train sweep ui compare bench test test-all lint clean
+.PHONY: help install prepare train sweep ui compare bench bench-prepare test test-all lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -40,6 +40,9 @@ compare: $(STAMP) ## The speed table of the newest sweep (ARGS="--sweep-dir DIR"
 
 bench: $(STAMP) ## Benchmarks against a bare PyTorch loop, table into bench/results/ (ARGS=--quick or --gpu)
 	$(PY) -m bench.run $(ARGS)
+
+bench-prepare: $(STAMP) ## prepare's frames/s against a bare PyAV decode loop (ARGS=--quick)
+	$(PY) -m bench.prepare $(ARGS)
 
 test: $(STAMP) ## The fast test suite (what CI runs)
 	$(PY) -m pytest -m "not slow"
