@@ -19,7 +19,7 @@ from PIL import Image
 from tennis_exp.config import THETIS_ACTIONS, THETIS_EXCLUDED
 from tennis_exp.data.splits import SPLITS, VideoRef, assign, from_manifest, player_of
 from tennis_exp.data.synthetic_videos import write_video, write_videos
-from tennis_exp.data.video import VideoReader
+from tennis_exp.data.video import VIDEO_SUFFIXES, VideoReader
 from tennis_exp.errors import UserError
 
 from .conftest import ROOT, run_cli
@@ -184,6 +184,37 @@ def test_the_reader_streams_resized_frames_under_an_fps_cap(tmp_path, fps_cap, e
     assert times[0] == 0 and times == sorted(times)
     if fps_cap and fps_cap < 25:  # kept at the first frame of every 1/fps_cap tick
         assert [int(t * fps_cap + 1e-6) for t in times] == list(range(expected))
+
+
+@pytest.mark.parametrize(
+    ("suffix", "container", "codec"),
+    [
+        ("avi", "avi", "mpeg4"),
+        ("mp4", "mp4", "h264"),
+        ("mov", "mov", "mjpeg"),
+        ("mkv", "matroska", "vp9"),
+    ],
+)
+def test_the_reader_reads_every_container_prepare_lists(tmp_path, suffix, container, codec):
+    try:
+        av.Codec(codec, "w")
+    except av.codec.codec.UnknownCodecError:  # not every PyAV build encodes H.264 or VP9
+        pytest.skip(f"this PyAV has no {codec} encoder")
+    path = tmp_path / f"clip.{suffix}"
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream(codec, rate=30)
+        stream.width, stream.height = 64, 48
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        for frame in moving_square(length=12, size=48):
+            padded = np.zeros((48, 64, 3), np.uint8)
+            padded[:, :48] = frame
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(padded, format="rgb24")))
+        out.mux(stream.encode())
+    assert f".{suffix}" in VIDEO_SUFFIXES
+    with VideoReader(path, size=32) as video:
+        assert (video.info.width, video.info.height, video.info.fps) == (64, 48, 30.0)
+        frames = [f.image for f in video]
+    assert len(frames) == 12 and frames[0].shape == (32, 32, 3)
 
 
 def test_an_unreadable_or_empty_video_is_one_line_naming_it(tmp_path):
