@@ -367,6 +367,10 @@ def _no_videos(tmp_path):
     return tmp_path / "nowhere", tmp_path / "frames"
 
 
+def _one_action(tmp_path):
+    return make_videos(tmp_path / "VIDEO_RGB") / "smash", tmp_path / "frames"
+
+
 def _empty_videos(tmp_path):
     (tmp_path / "VIDEO_RGB" / "smash").mkdir(parents=True)
     return tmp_path / "VIDEO_RGB", tmp_path / "frames"
@@ -375,7 +379,8 @@ def _empty_videos(tmp_path):
 BAD_INPUTS = [
     # (setup, overrides, the error line's start)
     (_no_videos, [], "Error: videos={tmp}/nowhere does not exist"),
-    (_empty_videos, [], "Error: videos={tmp}/VIDEO_RGB holds no video to prepare"),
+    (_empty_videos, [], "Error: videos={tmp}/VIDEO_RGB holds no video to prepare;"),
+    (_one_action, [], "Error: videos={tmp}/VIDEO_RGB/smash holds videos but no action folder"),
     (_fresh, ["split.val=0.2"], "Error: split.train + split.val + split.test = 1.05"),
     (_fresh, ["split.test=-0.1", "split.train=0.95"], "Error: split.test=-0.1 is invalid"),
     (_fresh, ["quality=0"], "Error: quality=0 is invalid: it must be an integer from 1 to 95"),

@@ -158,10 +158,14 @@ def list_videos(folder: Path, actions: Sequence[str]) -> list[Source]:
             listed,
         )
     if not sources:
-        found = (
-            f" (only in action folders not in `actions`: {', '.join(skipped)})" if skipped else ""
-        )
-        raise UserError(f"videos={folder} holds no video to prepare{found}; expected {_LAYOUT}")
+        if skipped:
+            unknown = ", ".join(skipped)
+            found = f"no video to prepare (only in action folders not in `actions`: {unknown})"
+        elif _video_files(folder):  # videos= named one action's folder
+            found = "videos but no action folder: point videos= at the folder of action folders"
+        else:
+            found = "no video to prepare"
+        raise UserError(f"videos={folder} holds {found}; expected {_LAYOUT}")
     return sources
 
 
