@@ -128,7 +128,9 @@ class VideoReader:
         self.close()
 
 
-def _info(container: av.container.InputContainer, stream: av.video.stream.VideoStream):
+def _info(container, stream) -> VideoInfo:
+    # 25 fps (PAL) only when the container states no rate at all: frame times then come from
+    # the frames' own timestamps where they have them.
     fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
     if stream.duration is not None and stream.time_base is not None:
         duration = float(stream.duration * stream.time_base)
