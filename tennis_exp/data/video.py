@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from tennis_exp.errors import UserError, first_line
 
@@ -77,6 +78,7 @@ class VideoReader:
         self._stream.thread_count = threads
         self._stream.thread_type = "AUTO"  # frame threads as well as slice threads
         self.info = _info(self._container, self._stream)
+        self._reformatter = VideoReformatter()
 
     @property
     def output_fps(self) -> float:
@@ -106,13 +108,13 @@ class VideoReader:
             raise UserError(f"video {self.path} holds no frame")
 
     def _rgb(self, decoded: av.VideoFrame) -> np.ndarray:
-        if self.size is None:
-            return decoded.to_ndarray(format="rgb24")
-        # Area averaging: no aliasing when downscaling, and a little faster than bilinear on
-        # THETIS's 640x480 (swscale scales and converts to RGB in one pass either way).
-        return decoded.to_ndarray(
-            width=self.size, height=self.size, format="rgb24", interpolation="AREA"
+        # Area averaging: no aliasing when downscaling, and faster than bilinear on THETIS's
+        # 640x480. One reformatter for the video keeps swscale's context: a frame's own would
+        # set it up again for every frame, a third of the resize's cost.
+        rgb = self._reformatter.reformat(
+            decoded, width=self.size, height=self.size, format="rgb24", interpolation="AREA"
         )
+        return rgb.to_ndarray()
 
     def _unreadable(self, err: BaseException) -> UserError:
         reason = getattr(err, "strerror", None) or first_line(err)
