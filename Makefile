@@ -7,11 +7,11 @@ PORT   ?= 5000
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep ui compare bench test test-all lint clean
+.PHONY: help install prepare train sweep ui compare bench bench-prepare test test-all lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the package (editable) with its dev tools
+
+prepare: $(STAMP) ## Videos to frames, split by player (ARGS="videos=THETIS/VIDEO_RGB out=data/thetis_frames")
+	$(PY) -m tennis_exp.prepare $(ARGS)
 
 train: $(STAMP) ## Train on the defaults: synthetic data, local MLflow store (ARGS="key=value ...")
 	$(PY) -m tennis_exp $(ARGS)
@@ -37,6 +40,9 @@ compare: $(STAMP) ## The speed table of the newest sweep (ARGS="--sweep-dir DIR"
 
 bench: $(STAMP) ## Benchmarks against a bare PyTorch loop, table into bench/results/ (ARGS=--quick or --gpu)
 	$(PY) -m bench.run $(ARGS)
+
+bench-prepare: $(STAMP) ## prepare's frames/s against a bare PyAV decode loop (ARGS=--quick)
+	$(PY) -m bench.prepare $(ARGS)
 
 test: $(STAMP) ## The fast test suite (what CI runs)
 	$(PY) -m pytest -m "not slow"

@@ -284,6 +284,7 @@ def register_configs() -> None:
     # Cached like Hydra's ${now:}: every submitit task then resolves the sweep dir to the one
     # the sweep process chose, instead of a directory of its own.
     OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
+    ConfigStore.instance().store(name="tennis_exp_prepare_schema", node=PrepareConfig)
 
 
 def from_container(container: dict) -> DictConfig:
@@ -363,4 +364,68 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(
             f"data.actions maps to unknown event(s) {unknown}; "
             f"valid events: {list(cfg.data.events)}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# `python -m tennis_exp.prepare`: videos to the frames layout (conf/prepare.yaml).
+
+
+@dataclass
+class SplitConfig:
+    # Fractions of every action's videos; they must sum to 1.
+    train: float = 0.70
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 0
+    # Keep a player's videos (names starting with p<N>_) in one split; false: split by video.
+    by_player: bool = True
+    # A manifest CSV of an earlier prepare (any machine's): its split, instead of the rule above.
+    manifest: str | None = None
+
+
+@dataclass
+class PrepareConfig:
+    # <videos>/<action>/<video>.{avi,mp4,mov,mkv}, as THETIS's VIDEO_RGB folder.
+    videos: str = MISSING
+    # Written: <out>/{train,val,test}/<action>/<video>/frame_%04d.jpg and <out>/manifest.csv.
+    out: str = MISSING
+    # Action folders to prepare (default: all of THETIS's, the excluded ones too, so a run can
+    # still choose with data.excluded); other folders are skipped with a warning.
+    actions: list[str] = field(default_factory=lambda: [*THETIS_ACTIONS, *THETIS_EXCLUDED])
+    image_size: int = 224  # frames are image_size x image_size, as the users' frames
+    quality: int = 90  # JPEG quality, 1-95
+    # At most this many frames per second (dropping frames); null keeps every frame.
+    fps: float | None = None
+    # Processes decoding videos; null: one per usable core.
+    workers: int | None = None
+    # null: a progress bar on a terminal, none otherwise.
+    progress_bar: bool | None = None
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+
+def validate_prepare(cfg: DictConfig) -> None:
+    """Raise UserError naming the first key of a prepare config that is missing or out of
+    range."""
+    for key, expected in [("videos", "<folder of action folders>"), ("out", "<new folder>")]:
+        if OmegaConf.is_missing(cfg, key):
+            raise UserError(f"{key} is not set: pass {key}={expected}")
+    checks = [
+        ("image_size", cfg.image_size, cfg.image_size >= 16, "an integer >= 16"),
+        ("quality", cfg.quality, 1 <= cfg.quality <= 95, "an integer from 1 to 95"),
+        ("fps", cfg.fps, cfg.fps is None or cfg.fps > 0, "> 0, or null for every frame"),
+        ("workers", cfg.workers, cfg.workers is None or cfg.workers >= 1, "an integer >= 1"),
+    ]
+    ratios = [cfg.split.train, cfg.split.val, cfg.split.test]
+    checks += [
+        (f"split.{name}", value, 0 <= value <= 1, "in [0, 1]")
+        for name, value in zip(["train", "val", "test"], ratios, strict=True)
+    ]
+    for key, value, valid, rule in checks:
+        if not valid:
+            raise UserError(f"{key}={value} is invalid: it must be {rule}")
+    if abs(sum(ratios) - 1) > 1e-6:
+        raise UserError(
+            f"split.train + split.val + split.test = {sum(ratios):.6g} "
+            f"({' + '.join(f'{r:g}' for r in ratios)}); the ratios must sum to 1"
         )
