@@ -34,7 +34,7 @@ def run_command(hydra_main: Callable[[], object]) -> None:
         try:
             hydra_main()
         except KeyboardInterrupt as err:
-            sys.exit(f"Interrupted ({err or 'Ctrl-C'})")
+            sys.exit(f"Interrupted ({str(err) or 'Ctrl-C'})")
         except Exception as err:
             if traceback_wanted() or not is_user_error(err):
                 raise
