@@ -20,7 +20,8 @@ from tennis_exp.errors import UserError
 
 EVENTS = ["Smash", "Net Play", "Rally", "Serve"]
 
-# THETIS action folders and the event each one belongs to (the users' mapping).
+# THETIS action folders and the event each one belongs to (the users' mapping): what the
+# synthetic twin and prepare write; conf/data/thetis.yaml gives the trainer the same mapping.
 THETIS_ACTIONS = {
     "smash": "Smash",
     "forehand_volley": "Net Play",
@@ -84,6 +85,9 @@ class SyntheticPreset(Enum):
     small = "small"  # the CPU default
     tiny = "tiny"  # tests and smoke runs
 
+    def __str__(self) -> str:  # as data.root interpolates it: data/synthetic-small
+        return self.value
+
 
 @dataclass
 class SyntheticConfig:
@@ -115,8 +119,10 @@ class DataConfig:
     train_stride: int = 8
     eval_stride: int = 16
     events: list[str] = field(default_factory=lambda: list(EVENTS))
-    actions: dict[str, str] = field(default_factory=lambda: dict(THETIS_ACTIONS))
-    excluded: list[str] = field(default_factory=lambda: list(THETIS_EXCLUDED))
+    # Action folder -> event (conf/data/<dataset>.yaml gives each dataset's); folders in
+    # `excluded` are skipped, and so, with a warning, are folders in neither.
+    actions: dict[str, str] = field(default_factory=dict)
+    excluded: list[str] = field(default_factory=list)
     # Decoded frames are kept in a uint8 file per split, rebuilt when the source changes.
     frame_cache: bool = True
     cache_dir: str = ".cache/frames"
@@ -130,6 +136,9 @@ class DataConfig:
     # Use only the first N videos (sorted by name) of every action folder: a quick look at
     # any dataset (debug=smoke); null uses them all.
     max_videos_per_action: int | None = None
+    # The share of the training split's videos used, drawn per video within each event and
+    # reproducible from `seed`: how much target data a transfer needs.
+    train_fraction: float = 1.0
 
 
 @dataclass
@@ -156,6 +165,8 @@ class ModelConfig:
     head_hidden: int = 128
     # Start from a checkpoint (ours or the old script's best_model.pth).
     init_from: str | None = None
+    # Staged unfreezing: a frozen backbone trains from this epoch on (needs feature_cache=false).
+    unfreeze_at_epoch: int | None = None
 
 
 @dataclass
@@ -183,6 +194,8 @@ class TrainingConfig:
     warmup_epochs: int = 1
     lr_patience: int = 3
     lr_factor: float = 0.5
+    # The backbone's LR as a multiple of the head's (fine-tuning a pretrained backbone gently).
+    backbone_lr_factor: float = 1.0
     # Cross-entropy class weights: none, balanced (n / (k * count_c) over the training split,
     # as the users' transfer runs had) or one weight per event, in data.events order.
     class_weights: Any = "none"
@@ -212,6 +225,9 @@ class Config:
     progress_bar: bool | None = None
     # Continue an interrupted run: its output directory or a checkpoint (last.pth).
     resume: str | None = None
+    # The checkpoint a transfer preset starts from (experiment=badminton_frozen, ...: their
+    # model.init_from follows it); a sweep over presets passes it once for all of them.
+    transfer_from: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
@@ -237,6 +253,10 @@ class EvaluateConfig(Config):
     folder: str | None = None
 
 
+def _follows_transfer_from(cfg: DictConfig) -> bool:
+    return OmegaConf.to_container(cfg.model)["init_from"] == "${transfer_from}"
+
+
 def _validate_class_weights(weights: Any, events: list[str]) -> None:
     if weights in ("none", "balanced"):
         return
@@ -258,6 +278,11 @@ def _validate_feature_cache(cfg: DictConfig) -> None:
     model = cfg.model
     if not (model.freeze_backbone and model.feature_cache):
         return
+    if model.unfreeze_at_epoch is not None:
+        raise UserError(
+            f"model.unfreeze_at_epoch={model.unfreeze_at_epoch} trains the backbone whose "
+            "features model.feature_cache=true computes once: set model.feature_cache=false"
+        )
     if not cfg.data.frame_cache:
         raise UserError(
             "model.feature_cache=true reads the frames from the frame cache: set "
@@ -306,10 +331,11 @@ _MINIMUMS: list[tuple[str, Any]] = [
     ("data.train_stride", 1),
     ("data.eval_stride", 1),
     ("data.max_videos_per_action", 1),
+    ("model.unfreeze_at_epoch", 2),
     ("model.lstm_hidden", 1),
     ("model.lstm_layers", 1),
 ]
-_POSITIVE: list[str] = ["training.learning_rate"]
+_POSITIVE: list[str] = ["training.learning_rate", "training.backbone_lr_factor"]
 _FRACTIONS: list[str] = [
     "model.dropout",
     "model.lstm_dropout",
@@ -341,6 +367,20 @@ def validate(cfg: DictConfig) -> None:
     for key in _FRACTIONS:
         if get(key) is not None and not 0 <= get(key) < 1:
             raise UserError(f"{key}={get(key)} is invalid: it must be in [0, 1)")
+    if not 0 < cfg.data.train_fraction <= 1:
+        raise UserError(
+            f"data.train_fraction={cfg.data.train_fraction} is invalid: it must be in (0, 1]"
+        )
+    if _follows_transfer_from(cfg) and cfg.transfer_from is None:
+        raise UserError(
+            "this transfer preset starts from another model: pass transfer_from=<its checkpoint> "
+            "(the tennis run's best.pth)"
+        )
+    if cfg.model.unfreeze_at_epoch is not None and not cfg.model.freeze_backbone:
+        raise UserError(
+            f"model.unfreeze_at_epoch={cfg.model.unfreeze_at_epoch} unfreezes a frozen backbone: "
+            "set model.freeze_backbone=true, or model.unfreeze_at_epoch=null"
+        )
     _validate_class_weights(cfg.training.class_weights, list(cfg.data.events))
     if cfg.data.device_cache not in ("auto", True, False):
         raise UserError(
@@ -358,6 +398,11 @@ def validate(cfg: DictConfig) -> None:
             f"training.compile=true does not work under DataParallel (hardware.devices="
             f"{hw.devices}, hardware.strategy=dp): use hardware.strategy=ddp, or "
             "training.compile=false"
+        )
+    if not cfg.data.actions:
+        raise UserError(
+            "data.actions is empty: map the action folders to events, as conf/data/thetis.yaml "
+            "and conf/data/badminton.yaml do (data=thetis, data=badminton)"
         )
     unknown = sorted(set(cfg.data.actions.values()) - set(cfg.data.events))
     if unknown:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
@@ -397,7 +398,40 @@ def build_datasets(data_cfg, seed: int) -> dict[str, WindowDataset]:
     root = _dataset_root(data_cfg)
     # Every split is scanned before any cache is built, so layout errors come first.
     indexes = [scan_split(root, split, data_cfg) for split in _SPLITS]
+    if data_cfg.train_fraction < 1:
+        indexes[0] = fraction_of(indexes[0], data_cfg.train_fraction, seed)
     return {index.split: _windows(index, data_cfg, seed) for index in indexes}
+
+
+def fraction_of(index: SplitIndex, fraction: float, seed: int) -> SplitIndex:
+    """A share of the split's videos, drawn within each event (at least one video of every
+    event it has), in an order fixed by the seed and the videos' names: any machine draws the
+    same videos, and a larger fraction holds a smaller one's."""
+
+    def rank(video: int) -> str:
+        key = f"{seed}\0{os.path.basename(index.videos[video].folder)}"
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    kept: list[int] = []
+    for label in sorted(set(index.video_labels)):
+        videos = sorted((v for v, lab in enumerate(index.video_labels) if lab == label), key=rank)
+        kept += videos[: max(1, math.ceil(fraction * len(videos)))]
+    kept.sort()
+    new_id = {old: new for new, old in enumerate(kept)}
+    mask = np.isin(index.windows[:, 0], kept)
+    windows = index.windows[mask].copy()
+    windows[:, 0] = [new_id[v] for v in windows[:, 0]]
+    log.info(
+        "%s: data.train_fraction=%g keeps %d of %d videos", index.split, fraction, len(kept),
+        len(index.videos),
+    )  # fmt: skip
+    return replace(
+        index,
+        videos=[index.videos[v] for v in kept],
+        video_labels=[index.video_labels[v] for v in kept],
+        windows=windows,
+        labels=index.labels[mask],
+    )
 
 
 def build_split(data_cfg, seed: int, split: str, folder: str | None = None) -> WindowDataset:

@@ -95,18 +95,20 @@ class Trainer:
         self.events = list(cfg.data.events)
         self.model = model.to(self.plan.device)
         self.trained, datasets = self._trained_part(datasets)
-        self.params = [p for p in self.trained.parameters() if p.requires_grad]
         self.class_weights = (
             torch.tensor(job.class_weights, device=self.plan.device) if job.class_weights else None
         )
         self.state = TrainState(
             torch.optim.Adam(
-                self.params, lr=self.plan.scaling.learning_rate, weight_decay=self.tcfg.weight_decay
+                self._param_groups(),
+                lr=self.plan.scaling.learning_rate,
+                weight_decay=self.tcfg.weight_decay,
             ),
             torch.amp.GradScaler(
                 self.plan.device.type, enabled=self.plan.precision is Precision.fp16
             ),
         )
+        self.params = [p for group in self.state.optimizer.param_groups for p in group["params"]]
         self.sampler = ResumableSampler(datasets["train"], cfg.seed, dist)
         self.loaders = device_batches(
             datasets, self.sampler, self.plan, dist, cfg.data.device_cache
@@ -146,10 +148,44 @@ class Trainer:
             trained = torch.compile(trained)
         return trained, datasets
 
+    def _param_groups(self) -> list[dict]:
+        """One group of what trains, or two when the backbone's LR differs from the head's
+        (training.backbone_lr_factor) or it will be unfrozen: each group's `lr_scale` times
+        the schedule's LR is its LR. A frozen backbone's parameters get no gradient until it
+        is unfrozen, and Adam leaves them alone until then."""
+        cfg = self.job.cfg
+        factor, unfreeze = self.tcfg.backbone_lr_factor, cfg.model.unfreeze_at_epoch
+        backbone = list(self.model.backbone.parameters())
+        if factor == 1 and unfreeze is None:
+            return [{"params": [p for p in self.trained.parameters() if p.requires_grad]}]
+        held = {id(p) for p in backbone}
+        head = [p for p in self.trained.parameters() if p.requires_grad and id(p) not in held]
+        if cfg.model.freeze_backbone and unfreeze is None:
+            return [{"params": head, "lr_scale": 1.0}]
+        return [{"params": head, "lr_scale": 1.0}, {"params": backbone, "lr_scale": factor}]
+
+    def unfreeze_if_due(self, epoch: int) -> None:
+        """Staged unfreezing: from model.unfreeze_at_epoch on, the backbone trains too (and its
+        BatchNorm statistics update); the wrapper is rebuilt around what now trains."""
+        at = self.job.cfg.model.unfreeze_at_epoch
+        if at is None or epoch < at or not self.model.freeze_backbone:
+            return
+        self.model.unfreeze_backbone()
+        self.trained = wrap_model(self.model, self.plan)
+        if self.tcfg.compile:
+            self.trained = torch.compile(self.trained)
+        if self.dist.is_main:
+            log.info(
+                "epoch %d: the backbone is unfrozen, at %g x the head's LR",
+                epoch,
+                self.tcfg.backbone_lr_factor,
+            )
+
     def fit(self) -> None:
         """Train from the state's epoch to the last, validating and saving every epoch."""
         with self.stop:
             for epoch in range(self.state.epoch + 1, self.tcfg.epochs + 1):
+                self.unfreeze_if_due(epoch)
                 result = self.train_one_epoch(epoch)
                 val = evaluate(
                     self.trained,
@@ -206,7 +242,7 @@ class Trainer:
         state, plan = self.state, self.plan
         lr = self.schedule.lr(state.step, state.plateau.scale)
         for group in state.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         frames = augment(frames.to(plan.device, non_blocking=True), self.job.cfg.data.augment)
         labels = labels.to(plan.device, non_blocking=True)
         try:

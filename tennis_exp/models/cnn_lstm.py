@@ -137,6 +137,12 @@ class CNNLSTM(nn.Module):
             self.backbone.eval()
         return self
 
+    def unfreeze_backbone(self) -> None:
+        """Train the backbone from now on, its BatchNorm statistics included."""
+        self.freeze_backbone = self.freeze_bn_stats = False
+        self.backbone.requires_grad_(True)
+        self.backbone.train(self.training)
+
     def head(self) -> SequenceHead:
         return SequenceHead(self.lstm, self.fc)
 
