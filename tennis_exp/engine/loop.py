@@ -29,7 +29,7 @@ from tennis_exp.data.frames import WindowDataset, make_loader
 from tennis_exp.engine import checkpoint
 from tennis_exp.engine.checkpoint import Checkpoint, StopSignal, signals_deferred, unwrap
 from tennis_exp.engine.distributed import Dist
-from tennis_exp.engine.evaluation import evaluate
+from tennis_exp.engine.evaluation import Evaluation, evaluate
 from tennis_exp.engine.features import cached_features
 from tennis_exp.engine.hardware import RunPlan, autocast, wrap_model
 from tennis_exp.engine.metrics import plot_confusion
@@ -143,10 +143,11 @@ class Trainer:
                 self.model, datasets, cache_dir, self.plan.precision, self.plan.device, self.dist
             )
             trained = self.model.head()
-        trained = wrap_model(trained, self.plan)
-        if self.tcfg.compile:
-            trained = torch.compile(trained)
-        return trained, datasets
+        return self._wrapped(trained), datasets
+
+    def _wrapped(self, module: nn.Module) -> nn.Module:
+        wrapped = wrap_model(module, self.plan)
+        return torch.compile(wrapped) if self.tcfg.compile else wrapped
 
     def _param_groups(self) -> list[dict]:
         """One group of what trains, or two when the backbone's LR differs from the head's
@@ -171,9 +172,7 @@ class Trainer:
         if at is None or epoch < at or not self.model.freeze_backbone:
             return
         self.model.unfreeze_backbone()
-        self.trained = wrap_model(self.model, self.plan)
-        if self.tcfg.compile:
-            self.trained = torch.compile(self.trained)
+        self.trained = self._wrapped(self.model)
         if self.dist.is_main:
             log.info(
                 "epoch %d: the backbone is unfrozen, at %g x the head's LR",
@@ -187,16 +186,7 @@ class Trainer:
             for epoch in range(self.state.epoch + 1, self.tcfg.epochs + 1):
                 self.unfreeze_if_due(epoch)
                 result = self.train_one_epoch(epoch)
-                val = evaluate(
-                    self.trained,
-                    self.loaders["val"],
-                    self.plan.device,
-                    self.plan.precision,
-                    self.events,
-                    self.tcfg.max_batches,
-                    self.dist,
-                )
-                self.end_epoch(epoch, result, val.metrics)
+                self.end_epoch(epoch, result, self.score("val").metrics)
                 # A signal during evaluation takes effect here, once the epoch is saved.
                 if self.stop_agreed():
                     raise KeyboardInterrupt(f"stopped by {self.stop.name or 'another rank'}")
@@ -399,15 +389,7 @@ class Trainer:
         if self.dist.is_main:
             checkpoint.load_weights(self.model, self.ckpt_dir / "best.pth")
         self.dist.broadcast_module(self.model)
-        result = evaluate(
-            self.trained,
-            self.loaders["test"],
-            self.plan.device,
-            self.plan.precision,
-            self.events,
-            self.tcfg.max_batches,
-            self.dist,
-        )
+        result = self.score("test")
         test, cm = result.metrics, result.confusion
         if self.dist.is_main:
             log.info(
@@ -423,6 +405,17 @@ class Trainer:
                 if self.job.cfg.tracking.log_checkpoint:
                     self.run.log_artifact(self.ckpt_dir / "best.pth", "checkpoints")
         return test
+
+    def score(self, split: str) -> Evaluation:
+        return evaluate(
+            self.trained,
+            self.loaders[split],
+            self.plan.device,
+            self.plan.precision,
+            self.events,
+            self.tcfg.max_batches,
+            self.dist,
+        )
 
     def progress_bar(self, batches: Iterable, epoch: int, done: int):
         return tqdm(
