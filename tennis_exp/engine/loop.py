@@ -156,9 +156,9 @@ class Trainer:
         is unfrozen, and Adam leaves them alone until then."""
         cfg = self.job.cfg
         factor, unfreeze = self.tcfg.backbone_lr_factor, cfg.model.unfreeze_at_epoch
-        backbone = list(self.model.backbone.parameters())
         if factor == 1 and unfreeze is None:
             return [{"params": [p for p in self.trained.parameters() if p.requires_grad]}]
+        backbone = list(self.model.backbone.parameters())
         held = {id(p) for p in backbone}
         head = [p for p in self.trained.parameters() if p.requires_grad and id(p) not in held]
         if cfg.model.freeze_backbone and unfreeze is None:
