@@ -349,13 +349,20 @@ _FRACTIONS: list[str] = [
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise UserError naming the first key whose value is missing or out of range."""
-
-    def get(key: str) -> Any:
-        return OmegaConf.select(cfg, key)
-
+    """Raise UserError naming the first key whose value is missing or out of range, or that
+    does not go with another."""
     if OmegaConf.is_missing(cfg.data, "root"):
         raise UserError("data.root is not set: pass data.root=<folder holding train/ val/ test/>")
+    _validate_ranges(cfg)
+    _validate_class_weights(cfg.training.class_weights, list(cfg.data.events))
+    _validate_mapping(cfg.data)
+    _validate_combinations(cfg)
+    _validate_feature_cache(cfg)
+
+
+def _validate_ranges(cfg: DictConfig) -> None:
+    def get(key: str) -> Any:
+        return OmegaConf.select(cfg, key)
 
     for key, low in _MINIMUMS:
         value = get(key)
@@ -371,6 +378,26 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(
             f"data.train_fraction={cfg.data.train_fraction} is invalid: it must be in (0, 1]"
         )
+    if cfg.data.device_cache not in ("auto", True, False):
+        raise UserError(
+            f"data.device_cache={cfg.data.device_cache} is invalid: use auto, true or false"
+        )
+
+
+def _validate_mapping(data: DictConfig) -> None:
+    if not data.actions:
+        raise UserError(
+            "data.actions is empty: map the action folders to events, as conf/data/thetis.yaml "
+            "and conf/data/badminton.yaml do (data=thetis, data=badminton)"
+        )
+    unknown = sorted(set(data.actions.values()) - set(data.events))
+    if unknown:
+        raise UserError(
+            f"data.actions maps to unknown event(s) {unknown}; valid events: {list(data.events)}"
+        )
+
+
+def _validate_combinations(cfg: DictConfig) -> None:
     if _follows_transfer_from(cfg) and cfg.transfer_from is None:
         raise UserError(
             "this transfer preset starts from another model: pass transfer_from=<its checkpoint> "
@@ -381,34 +408,17 @@ def validate(cfg: DictConfig) -> None:
             f"model.unfreeze_at_epoch={cfg.model.unfreeze_at_epoch} unfreezes a frozen backbone: "
             "set model.freeze_backbone=true, or model.unfreeze_at_epoch=null"
         )
-    _validate_class_weights(cfg.training.class_weights, list(cfg.data.events))
-    if cfg.data.device_cache not in ("auto", True, False):
-        raise UserError(
-            f"data.device_cache={cfg.data.device_cache} is invalid: use auto, true or false"
-        )
     if cfg.data.device_cache is True and not cfg.data.frame_cache:
         raise UserError(
             "data.device_cache=true holds the frame cache on the device: set "
             "data.frame_cache=true, or data.device_cache=auto"
         )
-    _validate_feature_cache(cfg)
     hw = cfg.hardware
     if cfg.training.compile and hw.strategy is Strategy.dp and hw.devices > 1:
         raise UserError(
             f"training.compile=true does not work under DataParallel (hardware.devices="
             f"{hw.devices}, hardware.strategy=dp): use hardware.strategy=ddp, or "
             "training.compile=false"
-        )
-    if not cfg.data.actions:
-        raise UserError(
-            "data.actions is empty: map the action folders to events, as conf/data/thetis.yaml "
-            "and conf/data/badminton.yaml do (data=thetis, data=badminton)"
-        )
-    unknown = sorted(set(cfg.data.actions.values()) - set(cfg.data.events))
-    if unknown:
-        raise UserError(
-            f"data.actions maps to unknown event(s) {unknown}; "
-            f"valid events: {list(cfg.data.events)}"
         )
 
 
