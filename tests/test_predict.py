@@ -1,0 +1,191 @@
+"""The window -> segment rule and the detection metrics of `predict`, by hand-computed
+tables; segment files."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from tennis_exp.errors import UserError
+from tennis_exp.inference.detection_metrics import (
+    Scores,
+    average_precision,
+    detections,
+    iou,
+    match_segments,
+)
+from tennis_exp.inference.segments import (
+    NONE,
+    Segment,
+    event_runs,
+    read_segments,
+    runs,
+    smooth,
+    smoothing_width,
+    speaking_bounds,
+    to_segments,
+    window_labels,
+    write_segments_csv,
+    write_segments_json,
+)
+
+EVENTS = ["Smash", "Net Play", "Rally", "Serve"]
+A, B = "Smash", "Net Play"
+
+
+# --- windows -> segments ------------------------------------------------------------------------
+
+
+def test_each_window_speaks_from_halfway_to_its_neighbours():
+    assert speaking_bounds(np.array([0.5, 1.5, 2.5]), 3.2).tolist() == [0, 1, 2, 3.2]
+    assert speaking_bounds(np.array([0.3]), 1.0).tolist() == [0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "hop", "width"), [(1.0, 0.32, 3), (1.0, 0.25, 5), (0.0, 0.32, 1), (0.4, 1.0, 1)]
+)
+def test_the_smoothing_width_is_odd_windows_of_about_the_seconds_asked(seconds, hop, width):
+    assert smoothing_width(seconds, hop) == width
+
+
+def test_the_moving_average_is_centred_and_averages_what_there_is_at_the_ends():
+    probs = np.array([[1, 0], [0, 1], [1, 0], [1, 0]], dtype=float)
+    expected = [[0.5, 0.5], [2 / 3, 1 / 3], [2 / 3, 1 / 3], [1, 0]]
+    assert smooth(probs, 3) == pytest.approx(np.array(expected))
+    assert (smooth(probs, 1) == probs).all()
+
+
+def test_a_window_below_min_confidence_speaks_for_no_event():
+    smoothed = np.array([[0.6, 0.4], [0.5, 0.5], [0.3, 0.2]])
+    assert window_labels(smoothed, 0.5).tolist() == [0, 0, NONE]
+    assert runs(np.array([0, 0, NONE, 1, 1, 0])) == [(0, 0, 1), (NONE, 2, 2), (1, 3, 4), (0, 5, 5)]
+
+
+@pytest.mark.parametrize(
+    ("labels", "min_duration", "expected"),
+    [
+        # a flicker of another event inside a run: joined (the gap is 0.5 s < 1 s)
+        ([0, 0, 0, 1, 0, 0, 0], 1.0, [(0, 0, 6)]),
+        # a pause of exactly min_duration is kept; both runs are long enough
+        ([0, 0, NONE, NONE, 0, 0], 1.0, [(0, 0, 1), (0, 4, 5)]),
+        # a run of 0.5 s is dropped
+        ([0, NONE, 1, 1, 1], 1.0, [(1, 2, 4)]),
+        # another event of 1 s between two runs: no join across 1.5 s
+        ([0, 0, 1, 1, NONE, 0, 0], 1.0, [(0, 0, 1), (1, 2, 3), (0, 5, 6)]),
+        ([0, 1, 0], 0.0, [(0, 0, 0), (1, 1, 1), (0, 2, 2)]),
+        ([NONE, NONE], 1.0, []),
+    ],
+)
+def test_the_segment_rule_joins_short_gaps_then_drops_short_runs(labels, min_duration, expected):
+    bounds = np.arange(len(labels) + 1) * 0.5  # every window speaks for 0.5 s
+    assert event_runs(np.array(labels), bounds, min_duration) == expected
+
+
+def test_segments_span_their_windows_speaking_bounds_with_the_mean_probability():
+    smoothed = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.2, 0.8], [0.45, 0.4]])
+    bounds = np.array([0, 1, 2, 3, 4, 5.5])
+    segments = to_segments(smoothed, bounds, [A, B], 0.5, 1.0)
+    assert segments == [
+        Segment(0, 2, A, pytest.approx(0.85)),
+        Segment(2, 4, B, pytest.approx(0.75)),
+    ]
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+
+def test_iou():
+    assert iou(Segment(0, 2, A), Segment(1, 3, A)) == pytest.approx(1 / 3)
+    assert iou(Segment(0, 2, A), Segment(2, 4, A)) == 0
+    assert iou(Segment(0, 4, A), Segment(1, 3, A)) == 0.5
+
+
+def test_segments_match_one_to_one_by_confidence_at_iou_half():
+    truth_ = [Segment(0, 4, A), Segment(4, 8, B)]
+    predicted = [
+        Segment(0, 3, A, 0.9),  # IoU 0.75: right
+        Segment(0.5, 2, A, 0.95),  # IoU 0.375: wrong, though the most confident
+        Segment(5, 8, B, 0.5),  # IoU 0.75: right
+        Segment(4, 8, B, 0.4),  # the B truth is taken: wrong
+        Segment(0, 4, B, 0.99),  # the wrong event: wrong
+    ]
+    assert match_segments(truth_, predicted) == 2
+
+
+def test_detections_within_one_second_of_a_free_true_start_in_confidence_order():
+    truth_ = [Segment(t, t + 3, A) for t in (0, 10, 20)] + [Segment(5, 6, B)]
+    predicted = [
+        Segment(0.5, 3, A, 0.9),  # 0.5 s from 0: right
+        Segment(0.8, 4, A, 0.8),  # 0 is taken, 10 is 9.2 s away: wrong
+        Segment(11.0, 14, A, 0.7),  # exactly 1 s from 10: right
+        Segment(30, 31, A, 0.6),  # wrong
+        Segment(19.2, 22, A, 0.5),  # right
+        Segment(5, 6, B, 0.99),  # another event: not a detection of A
+    ]
+    found = detections(truth_, predicted, A)
+    assert found == [(0.9, True), (0.8, False), (0.7, True), (0.6, False), (0.5, True)]
+    # precision at each hit, made non-increasing: 1, 2/3, 3/5; over 3 true events
+    assert average_precision(found, 3) == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+    assert average_precision([(0.5, False)], 3) == 0
+    assert math.isnan(average_precision([(0.5, False)], 0))
+
+
+def test_frame_accuracy_counts_idle_frames_as_no_event_and_separately_without_them():
+    scores = Scores([A, B])
+    # 8 frames at 2 fps: truth A A A A - - - -, predicted A A B B - - - -
+    scores.add([Segment(0, 2, A)], [Segment(0, 1, A, 0.9), Segment(1, 2, B, 0.8)], 4.0, 2.0)
+    s = scores.summary()
+    assert (s["frame_acc"], s["frame_acc_events"]) == (6 / 8, 2 / 4)
+    # A 0-1 overlaps A 0-2 by IoU 0.5: a match; B has no true segment
+    assert (s["segment_precision"], s["segment_recall"], s["segment_f1"]) == (0.5, 1, 2 / 3)
+    assert s["ap_1s_smash"] == 1.0 and math.isnan(s["ap_1s_net_play"])
+    assert s["map_1s"] == 1.0  # the mean over the events the truth holds
+
+
+def test_scores_pool_videos_each_matched_on_its_own():
+    scores = Scores([A, B])
+    scores.add([Segment(0, 4, A)], [Segment(0, 4, A, 0.6)], 4.0, 1.0)
+    # the same times in another video: not a match for the first video's truth
+    scores.add([Segment(10, 14, B)], [Segment(0, 4, A, 0.9)], 14.0, 1.0)
+    s = scores.summary()
+    assert (s["true_segments"], s["predicted_segments"]) == (2, 2)
+    assert s["segment_f1"] == 0.5 and s["frame_acc"] == pytest.approx((4 + 6) / (4 + 14))
+    assert s["ap_1s_smash"] == pytest.approx(0.5)  # the wrong one ranks first
+    assert s["ap_1s_net_play"] == 0 and s["map_1s"] == pytest.approx(0.25)
+
+
+# --- segment files --------------------------------------------------------------------------------
+
+
+def test_segments_files_read_back(tmp_path):
+    segments = [Segment(0.5, 2.25, A, 0.875), Segment(3, 4.5, B, 0.5)]
+    write_segments_csv(tmp_path / "s.csv", segments)
+    write_segments_json(tmp_path / "s.json", segments, "v.avi", 5.0)
+    assert read_segments(tmp_path / "s.csv", EVENTS) == segments
+    assert read_segments(tmp_path / "s.json", EVENTS) == segments
+    (tmp_path / "bare.json").write_text('[{"start": 1, "end": 2, "event": "Rally"}]')
+    assert read_segments(tmp_path / "bare.json", EVENTS) == [Segment(1, 2, "Rally", 1.0)]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("t.csv", "start,end\n1,2\n", "lacks the column(s) event"),
+        ("t.csv", "start,end,event\n1,2,Smash\nx,3,Rally\n", "line 3: start and end must be"),
+        ("t.csv", "start,end,event\n2,1,Smash\n", "line 2: expected 0 <= start < end"),
+        ("t.csv", "start,end,event\n1,2,Lob\n", "line 2: unknown event 'Lob'"),
+        ("t.json", "{not json", "is not valid JSON"),
+        ("t.json", '{"segments": 3}', "holds no segment list"),
+        ("t.json", '{"segments": [{"start": 1, "event": "Rally"}]}', "segment 1: start and end"),
+    ],
+)
+def test_a_malformed_truth_file_is_one_line_naming_the_place(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(
+        UserError, match=f"^truth {re.escape(str(path))} [^\n]*{re.escape(message)}"
+    ):
+        read_segments(path, EVENTS)
