@@ -1,5 +1,5 @@
 """The window -> segment rule and the detection metrics of `predict`, by hand-computed
-tables; segment files."""
+tables; segment files; synthetic matches."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import re
 import numpy as np
 import pytest
 
+from tennis_exp.data.synthetic_match import match_parts, truth, write_match
+from tennis_exp.data.video import VideoReader
 from tennis_exp.errors import UserError
 from tennis_exp.inference.detection_metrics import (
     Scores,
@@ -189,3 +191,31 @@ def test_a_malformed_truth_file_is_one_line_naming_the_place(tmp_path, name, con
         UserError, match=f"^truth {re.escape(str(path))} [^\n]*{re.escape(message)}"
     ):
         read_segments(path, EVENTS)
+
+
+# --- synthetic matches ----------------------------------------------------------------------------
+
+
+def test_a_match_alternates_idle_play_and_events_never_the_same_twice():
+    parts = match_parts(120, np.random.default_rng(0))
+    assert parts[0].event is None and parts[-1].event is None
+    events = [p.event for p in parts if p.event is not None]
+    assert all(a != b for a, b in zip(events, events[1:], strict=False))
+    assert set(events) == set(EVENTS) and sum(p.frames for p in parts) / 25 >= 120
+    assert all(p.frames >= 25 for p in parts)  # at least 1 s each
+    segments = truth(parts)
+    assert [s.event for s in segments] == events
+    assert segments[0].start == parts[0].frames / 25
+
+
+def test_a_match_is_written_as_a_video_and_its_truth(tmp_path):
+    video, segments = write_match(tmp_path, 0, seconds=6, image_size=32)
+    truth_ = read_segments(segments, EVENTS)
+    with VideoReader(video) as reader:
+        frames = list(reader)
+    assert frames[0].image.shape == (32, 32, 3)
+    parts = match_parts(6, np.random.default_rng(np.random.SeedSequence([0, 1000, 0, 1])))
+    assert len(frames) == sum(p.frames for p in parts)
+    assert [(s.start, s.end, s.event) for s in truth_] == [
+        (s.start, s.end, s.event) for s in truth(parts)
+    ]
