@@ -9,6 +9,8 @@ import csv
 import json
 import math
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -45,7 +47,7 @@ from tennis_exp.inference.segments import (
 from tennis_exp.inference.windows import Ring
 from tennis_exp.models.cnn_lstm import build_model
 
-from .conftest import compose_config, run_cli
+from .conftest import ROOT, compose_config, run_cli
 
 EVENTS = ["Smash", "Net Play", "Rally", "Serve"]
 A, B = "Smash", "Net Play"
@@ -426,3 +428,17 @@ def test_mistakes_are_one_line_and_leave_no_run(trained, tmp_path, args, expecte
     assert len(lines) == 1 and lines[0].startswith("Error: "), out.stderr
     assert expected.format(**paths) in lines[0]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_the_quick_predict_bench_writes_its_table(tmp_path):
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.predict", "--quick", "--data-dir", str(tmp_path / "data"),
+         "--results-dir", str(results)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (written,) = results.glob("*-predict.md")
+    text = written.read_text()
+    assert "| predict (decode, model, windows) |" in text and text in proc.stdout
