@@ -10,10 +10,11 @@ ResNet-50 and a 3-layer BiLSTM 512 on 224 px frames, `hardware=gpu1` (bf16 where
 
 The video is a THETIS-like synthetic match (tennis_exp/data/synthetic_match.py): 640x480, 30 fps,
 MPEG-4 Part 2 in AVI, as THETIS's RGB videos, rendered at 160 px and enlarged. It is kept in
---data-dir between runs. The real-time factor counts decoding and inference (the progress bar's);
-the command's whole time (model loading, MLflow run, timeline, files) is the last column.
-Medians over interleaved repeats. Prints a markdown table (machine, software, load) and writes it
-to bench/results/<timestamp>-predict.md.
+--data-dir between runs. The real-time factor counts decoding and inference (the progress
+bar's); the command's whole time (model loading, MLflow run, timeline, files) is a row of its
+own. On the CPU both are measured with torch's default threads and with one. Medians over
+interleaved repeats. Prints a markdown table (machine, software, load) and writes it to
+bench/results/<timestamp>-predict.md.
 """
 
 from __future__ import annotations
@@ -79,17 +80,25 @@ def bare_decode(video: Path, size: int) -> float:
     return frames / (time.perf_counter() - started)
 
 
-def predicted(video: Path, ckpt: Path, hardware: str, work: Path) -> tuple[float, float, float]:
-    """(real-time factor, frames/s, the command's seconds) of predict at its defaults."""
+def predicted(
+    video: Path, ckpt: Path, hardware: str, work: Path, threads: int
+) -> tuple[float, float, float]:
+    """(real-time factor, frames/s, the command's seconds) of predict at its defaults, with
+    `threads` CPU threads for torch."""
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose(
             "predict",
             [f"checkpoint={ckpt}", f"video={video}", hardware, "progress_bar=false",
              f"tracking.uri=sqlite:///{work / 'mlflow.db'}"],
         )  # fmt: skip
-    started = time.perf_counter()
-    metrics = predict_videos(cfg, work / f"out-{time.monotonic_ns()}")
-    seconds = time.perf_counter() - started
+    default = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        started = time.perf_counter()
+        metrics = predict_videos(cfg, work / f"out-{time.monotonic_ns()}")
+        seconds = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(default)
     return metrics["speed/realtime_factor"], metrics["speed/frames_per_sec"], seconds
 
 
@@ -115,19 +124,21 @@ def main(argv: list[str] | None = None) -> None:
     bare_decode(video, size)  # brings the file into the page cache
 
     started_at, load_before, clock = datetime.now().astimezone(), load(), time.perf_counter()
-    decode, runs = [], []
+    threads = torch.get_num_threads()
+    # On the CPU, also with one torch thread: on a shared machine, a second thread that waits
+    # for a busy core can cost more than it brings.
+    cases = {threads: []} if args.gpu else {threads: [], 1: []}
+    decode = []
     with tempfile.TemporaryDirectory(prefix="tennis-bench-predict-") as tmp:
         work = Path(tmp)
         ckpt = untrained_checkpoint(work / "model.pth", overrides)
         for repeat in range(repeats):
             print(f"[bench] repeat {repeat + 1}/{repeats}", flush=True)
             decode.append(bare_decode(video, size))
-            runs.append(predicted(video, ckpt, hardware, work))
-    realtime, fps, command = (statistics.median(column) for column in zip(*runs, strict=True))
+            for count, runs in cases.items():
+                runs.append(predicted(video, ckpt, hardware, work, count))
     bare = statistics.median(decode)
-    device = (
-        torch.cuda.get_device_name(0) if args.gpu else f"CPU, {torch.get_num_threads()} threads"
-    )
+    device = torch.cuda.get_device_name(0) if args.gpu else "CPU"
     model = (
         "ResNet-50 + BiLSTM 512 x 3, 224 px" if args.gpu else "small CNN + BiLSTM 128 x 2, 64 px"
     )
@@ -135,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         f"## predict: real-time factor, {started_at:%Y-%m-%d %H:%M %Z}",
         "",
         *machine(),
-        f"- torch {torch.__version__}; model: {model}; {hardware}, on {device}",
+        f"- torch {torch.__version__}; model: {model}; {hardware}, on {device}; torch threads: "
+        f"{threads} by default",
         f"- video: a synthetic match, {WIDTH}x{HEIGHT} at {FPS} fps, MPEG-4 in AVI, "
         f"{duration:.0f} s; predict at its defaults (fps cap 30, stride 8, batch 64); median "
         f"of {repeats} interleaved repeat(s)",
@@ -145,10 +157,15 @@ def main(argv: list[str] | None = None) -> None:
         "| measurement | frames/s | real-time factor |",
         "|---|---:|---:|",
         f"| bare decode loop to {size} px | {bare:.0f} | {bare / FPS:.1f}x |",
-        f"| predict (decode, model, windows) | {fps:.0f} | {realtime:.1f}x |",
-        f"| the command's whole time, {duration:.0f} s of video | | "
-        f"{duration / command:.1f}x ({command:.1f} s) |",
     ]
+    for count, runs in cases.items():
+        realtime, fps, command = (statistics.median(column) for column in zip(*runs, strict=True))
+        lines += [
+            f"| predict (decode, model, windows), {count} torch thread(s) | {fps:.0f} | "
+            f"{realtime:.1f}x |",
+            f"| the command's whole time ({duration:.0f} s of video), {count} thread(s) | | "
+            f"{duration / command:.1f}x ({command:.1f} s) |",
+        ]
     text = "\n".join(lines) + "\n"
     print(text)
     args.results_dir.mkdir(parents=True, exist_ok=True)

@@ -441,4 +441,4 @@ def test_the_quick_predict_bench_writes_its_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (written,) = results.glob("*-predict.md")
     text = written.read_text()
-    assert "| predict (decode, model, windows) |" in text and text in proc.stdout
+    assert "| predict (decode, model, windows), 1 torch thread(s) |" in text and text in proc.stdout
