@@ -7,7 +7,8 @@ PORT   ?= 5000
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install prepare train sweep ui compare bench bench-prepare test test-all lint clean
+.PHONY: help install prepare train predict sweep ui compare bench bench-prepare bench-predict \
+	test test-all lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -27,6 +28,9 @@ prepare: $(STAMP) ## Videos to frames, split by player (ARGS="videos=THETIS/VIDE
 train: $(STAMP) ## Train on the defaults: synthetic data, local MLflow store (ARGS="key=value ...")
 	$(PY) -m tennis_exp $(ARGS)
 
+predict: $(STAMP) ## Events over time in videos (ARGS="checkpoint=<best.pth> video=<file or folder> ...")
+	$(PY) -m tennis_exp.predict $(ARGS)
+
 sweep: $(STAMP) ## Sweep hardware profiles into multirun_outputs/ (HW=gpu1,gpu2,gpu4 ARGS=...)
 	$(PY) -m tennis_exp --multirun hardware=$(HW) $(ARGS)
 
@@ -43,6 +47,9 @@ bench: $(STAMP) ## Benchmarks against a bare PyTorch loop, table into bench/resu
 
 bench-prepare: $(STAMP) ## prepare's frames/s against a bare PyAV decode loop (ARGS=--quick)
 	$(PY) -m bench.prepare $(ARGS)
+
+bench-predict: $(STAMP) ## predict's real-time factor against a bare decode loop (ARGS=--quick or --gpu)
+	$(PY) -m bench.predict $(ARGS)
 
 test: $(STAMP) ## The fast test suite (what CI runs)
 	$(PY) -m pytest -m "not slow"

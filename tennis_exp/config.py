@@ -310,6 +310,7 @@ def register_configs() -> None:
     # the sweep process chose, instead of a directory of its own.
     OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
     ConfigStore.instance().store(name="tennis_exp_prepare_schema", node=PrepareConfig)
+    ConfigStore.instance().store(name="tennis_exp_predict_schema", node=PredictConfig)
 
 
 def from_container(container: dict) -> DictConfig:
@@ -484,3 +485,61 @@ def validate_prepare(cfg: DictConfig) -> None:
             f"split.train + split.val + split.test = {sum(ratios):.6g} "
             f"({' + '.join(f'{r:g}' for r in ratios)}); the ratios must sum to 1"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# `python -m tennis_exp.predict`: events over time in whole videos (conf/predict.yaml).
+
+
+@dataclass
+class PredictOptions:
+    # Frames between the first frames of consecutive windows, at the decoded rate; at most
+    # data.window, so every frame is in a window.
+    stride: int = 8
+    # Decode at most this many frames per second: 30 is THETIS's rate, so a window spans the
+    # time it did in training; a source at or below it keeps every frame. null: every frame.
+    fps: float | None = 30.0
+    # Frames through the backbone per step and device (each frame's features are computed once,
+    # whatever the stride).
+    batch: int = 64
+    # Seconds: the width of the centred moving average over the windows' probabilities; 0: none.
+    smoothing: float = 1.0
+    # A window whose best smoothed probability is below this speaks for no event (idle play: the
+    # model has no class for it).
+    min_confidence: float = 0.5
+    # Seconds: shorter gaps between two segments of one event are closed, then shorter segments
+    # are dropped.
+    min_duration: float = 1.0
+    # Also write a copy of each video with the event written on its frames.
+    render: bool = False
+
+
+@dataclass
+class PredictConfig(Config):
+    """`python -m tennis_exp.predict`: the run's config, the model and the videos to read."""
+
+    # Ours (best.pth, last.pth) or the old script's best_model.pth.
+    checkpoint: str = MISSING
+    # A video file, or a folder of them (.avi, .mp4, .mov, .mkv; not searched recursively).
+    video: str = MISSING
+    # Ground-truth segments to score against: a segments .csv / .json file for one video, or a
+    # folder holding <video name>.segments.csv (or .json) for each video.
+    truth: str | None = None
+    predict: PredictOptions = field(default_factory=PredictOptions)
+
+
+def validate_predict(cfg: DictConfig) -> None:
+    """Raise UserError naming the first predict key that is out of range."""
+    p = cfg.predict
+    window = cfg.data.window
+    checks = [
+        ("stride", p.stride, 1 <= p.stride <= window, f"an integer from 1 to data.window={window}"),
+        ("fps", p.fps, p.fps is None or p.fps > 0, "> 0, or null for every frame"),
+        ("batch", p.batch, p.batch >= 1, "an integer >= 1"),
+        ("smoothing", p.smoothing, p.smoothing >= 0, ">= 0 (seconds; 0 for none)"),
+        ("min_confidence", p.min_confidence, 0 <= p.min_confidence <= 1, "in [0, 1]"),
+        ("min_duration", p.min_duration, p.min_duration >= 0, ">= 0 (seconds)"),
+    ]
+    for key, value, valid, rule in checks:
+        if not valid:
+            raise UserError(f"predict.{key}={value} is invalid: it must be {rule}")

@@ -12,15 +12,14 @@ THETIS.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-import av
 import numpy as np
 
 from tennis_exp.data.synthetic import Video, plan, render_clip
+from tennis_exp.data.video import VideoWriter
 
 
 class RawVideo(NamedTuple):
@@ -48,16 +47,11 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 25) -> None:
     """uint8 (T, H, W, 3) RGB frames (H and W even) as an MPEG-4 AVI, written whole or not at
     all."""
     height, width = frames.shape[1:3]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with av.open(str(tmp), "w", format="avi") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        # Half a bit per pixel: well above what MPEG-4 needs to keep the small ball and racket.
-        stream.bit_rate = max(200_000, width * height * fps // 2)
+    # Half a bit per pixel: well above what MPEG-4 needs to keep the small ball and racket.
+    bit_rate = max(200_000, width * height * fps // 2)
+    with VideoWriter(path, fps, width, height, "mpeg4", bit_rate, "avi") as out:
         for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    os.replace(tmp, path)
+            out.write(frame)
 
 
 def write_videos(

@@ -1,4 +1,4 @@
-"""Video files -> a stream of resized uint8 RGB frames.
+"""Video files <-> streams of uint8 RGB frames: read resized, written one frame at a time.
 
 Decoding is PyAV's: its wheels on the package index bundle FFmpeg with its codecs (MPEG-4 Part 2
 as in THETIS's .avi, H.264, HEVC, VP9, MJPEG ...), so `pip install` is all a machine needs,
@@ -15,8 +15,10 @@ machine without FFmpeg), and it ties the install to the torch version.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
 
@@ -142,3 +144,60 @@ def _info(container, stream) -> VideoInfo:
         duration = None
     frame_count = stream.frames or (round(duration * fps) if duration else None)
     return VideoInfo(stream.width, stream.height, fps, frame_count, duration)
+
+
+# Containers by suffix: the writer's temporary file has none of its own.
+_FORMATS = {".avi": "avi", ".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
+
+
+class VideoWriter:
+    """uint8 (H, W, 3) RGB frames, one at a time, into a video file that appears whole or not
+    at all (written under a temporary name, renamed on a clean close). H and W must be even:
+    the codecs store 4:2:0 colour. The container follows the file's suffix unless
+    `container_format` names one.
+
+        with VideoWriter("out.mp4", fps=25, width=640, height=480, codec="libx264") as out:
+            out.write(image)
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float,
+        width: int,
+        height: int,
+        codec: str = "mpeg4",
+        bit_rate: int | None = None,
+        container_format: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp")
+        container_format = container_format or _FORMATS[self.path.suffix.lower()]
+        self._container = av.open(str(self._tmp), "w", format=container_format)
+        rate = Fraction(fps).limit_denominator(1001)  # 29.97 fps is 30000/1001
+        self._stream = self._container.add_stream(codec, rate=rate)
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
+        if bit_rate:
+            self._stream.bit_rate = bit_rate
+
+    def write(self, image: np.ndarray) -> None:
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        self._container.mux(self._stream.encode(frame))
+
+    def close(self, keep: bool = True) -> None:
+        """Flush and rename into place; `keep=False` discards the file."""
+        try:
+            if keep:
+                self._container.mux(self._stream.encode())
+        finally:
+            self._container.close()
+        if keep:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(keep=exc_type is None)

@@ -89,7 +89,7 @@ def evaluate_checkpoint(cfg: DictConfig, output_dir: Path) -> Evaluation:
     scored = dataset.index.split
     uri = tracking_uri(cfg)
     ensure_experiment(uri, cfg.experiment_name)
-    tags, parent = _lineage(uri, ckpt)
+    tags, parent = lineage(uri, ckpt, "evaluation")
     with mlflow_run(uri, cfg.experiment_name, f"evaluate-{scored}", tags, parent_id=parent) as run:
         result = evaluate(
             wrap_model(model, plan), loader, plan.device, plan.precision, events, None, Dist(), True
@@ -128,13 +128,13 @@ def trained_config(ckpt: checkpoint.Checkpoint) -> DictConfig | None:
         return None
 
 
-def _lineage(uri: str, ckpt: checkpoint.Checkpoint) -> tuple[dict[str, str], str | None]:
-    """Tags naming the checkpoint, and the run that trained it if it is in this store: the
-    evaluation is nested under it."""
+def lineage(uri: str, ckpt: checkpoint.Checkpoint, role: str) -> tuple[dict[str, str], str | None]:
+    """Tags of a run that uses a checkpoint (`role`: evaluation, prediction) naming it, and the
+    run that trained it if it is in this store: the new run is nested under it."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    tags = {"tennis_exp.role": "evaluation", "checkpoint": str(ckpt.path.resolve())}
+    tags = {"tennis_exp.role": role, "checkpoint": str(ckpt.path.resolve())}
     if not ckpt.mlflow_run_id:
         return tags, None
     tags["trained_by_run"] = ckpt.mlflow_run_id
