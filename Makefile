@@ -9,11 +9,12 @@ STORE  ?=
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep ui server compare bench test test-all lint clean
+.PHONY: help install prepare train predict sweep ui server compare bench bench-prepare \
+	bench-predict test test-all lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,8 +24,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the package (editable) with its dev tools
 
+prepare: $(STAMP) ## Videos to frames, split by player (ARGS="videos=THETIS/VIDEO_RGB out=data/thetis_frames")
+	$(PY) -m tennis_exp.prepare $(ARGS)
+
 train: $(STAMP) ## Train on the defaults: synthetic data, local MLflow store (ARGS="key=value ...")
 	$(PY) -m tennis_exp $(ARGS)
+
+predict: $(STAMP) ## Events over time in videos (ARGS="checkpoint=<best.pth> video=<file or folder> ...")
+	$(PY) -m tennis_exp.predict $(ARGS)
 
 sweep: $(STAMP) ## Sweep hardware profiles into multirun_outputs/ (HW=gpu1,gpu2,gpu4 ARGS=...)
 	$(PY) -m tennis_exp --multirun hardware=$(HW) $(ARGS)
@@ -40,6 +47,12 @@ compare: $(STAMP) ## The speed table of the newest sweep (ARGS="--sweep-dir DIR"
 
 bench: $(STAMP) ## Benchmarks against a bare PyTorch loop, table into bench/results/ (ARGS=--quick or --gpu)
 	$(PY) -m bench.run $(ARGS)
+
+bench-prepare: $(STAMP) ## prepare's frames/s against a bare PyAV decode loop (ARGS=--quick)
+	$(PY) -m bench.prepare $(ARGS)
+
+bench-predict: $(STAMP) ## predict's real-time factor against a bare decode loop (ARGS=--quick or --gpu)
+	$(PY) -m bench.predict $(ARGS)
 
 test: $(STAMP) ## The fast test suite (what CI runs)
 	$(PY) -m pytest -m "not slow"

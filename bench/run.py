@@ -17,11 +17,14 @@ Every number is a median over epochs and repeats; every ratio divides numbers of
 8. (issue 11) What a DDP stop agreement costs: one all-reduce of a flag and its host sync,
    between two gloo ranks on the CPU, against a training step; the loop agrees every
    STOP_CHECK_STEPS steps.
+9. (issue 13) Training with augmentation on the device against without.
 
-`--gpu` measures the GPU rows instead, on the users' frozen ResNet-50 baseline at 224 px:
+`--gpu` measures the GPU rows instead, on the users' ResNet-50 baseline at 224 px:
 6. samples/s and peak GPU memory in fp32, bf16, fp16 and from the feature cache, the bare loop
    beside the fp32 run, and the loader alone;
-7. (issue 4) DDP on one GPU against the DataParallel profile on the same GPU.
+7. (issue 4) DDP on one GPU against the DataParallel profile on the same GPU;
+10. (issue 17) fine-tuning (the backbone trains) fed by the loader, by frames held on the GPU
+   (`data.device_cache`) and by one batch already there; the feature cache held on the GPU.
 
 A throughput row is a `Case` (a runner and config overrides) in CASES, a ratio of two of them is
 a `Ratio` in RATIOS: adding a comparison (say `hardware.precision=bf16` against `fp32`) is
@@ -57,12 +60,12 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, RandomSampler
 
 from tennis_exp.config import Precision, register_configs
-from tennis_exp.data.frames import build_datasets
+from tennis_exp.data.frames import build_datasets, make_loader
 from tennis_exp.engine import distributed
 from tennis_exp.engine.distributed import Dist
 from tennis_exp.engine.features import cached_features
-from tennis_exp.engine.hardware import plan_run
-from tennis_exp.engine.loop import STOP_CHECK_STEPS, TIMING_WARMUP_STEPS, make_loader
+from tennis_exp.engine.hardware import autocast, plan_run
+from tennis_exp.engine.loop import STOP_CHECK_STEPS, TIMING_WARMUP_STEPS
 from tennis_exp.models.cnn_lstm import build_model
 from tennis_exp.tracking.runs import Run, ensure_experiment
 
@@ -118,7 +121,13 @@ SIZES = {
         repeats=1,
         log_calls=0,  # item 4 is a CPU row
         model="resnet50, frozen",
-        extra=("model=resnet50", "model.pretrained=false", "training.num_workers=8"),
+        # The loader feeds every case but the device-cache ones, which say so.
+        extra=(
+            "model=resnet50",
+            "model.pretrained=false",
+            "training.num_workers=8",
+            "data.device_cache=false",
+        ),
     ),
     # The smoke settings: seconds per case, for development and tests/test_bench.py.
     "quick": Size(
@@ -140,7 +149,8 @@ class Case:
     """One throughput measurement: samples/s per epoch from a runner under config overrides.
 
     runner: "run" = the real command line (probe.py), "bare" = a plain PyTorch loop,
-    "loader" = the framework's train DataLoader iterated without a model.
+    "loader" = the framework's train DataLoader iterated without a model, "resident" = a plain
+    loop on one batch already on the device (what no data path can beat).
     """
 
     item: int
@@ -182,8 +192,33 @@ FROZEN_CACHED = Case(
     "run",
     (*FROZEN, "model.feature_cache=true"),
 )
-CASES = [FULL, BARE, LOADER, LOADER_DECODE, FROZEN_PLAIN, FROZEN_CACHED]
+AUGMENTED = Case(
+    9,
+    "full run, flip + colour jitter per window on the device (`data.augment.kind=flip_jitter`)",
+    "run",
+    ("data.augment.kind=flip_jitter",),
+)
+# Issue 17 on the CPU: frames in host memory gathered by index, no loader workers.
+DEVICE = Case(
+    10, "full run, frames in memory without the loader (`data.device_cache=true`)", "run",
+    ("data.device_cache=true",),
+)  # fmt: skip
+RESIDENT = Case(10, "the same model on one batch already in memory", "resident")
+CASES = [
+    FULL,
+    BARE,
+    LOADER,
+    LOADER_DECODE,
+    FROZEN_PLAIN,
+    FROZEN_CACHED,
+    AUGMENTED,
+    DEVICE,
+    RESIDENT,
+]
 RATIOS = [
+    Ratio(10, "frames in memory / the loader (full run)", DEVICE, FULL),
+    Ratio(10, "full run / one batch already in memory", FULL, RESIDENT),
+    Ratio(9, "augmented / plain full run, samples/s", AUGMENTED, FULL),
     Ratio(1, "full run / bare loop", FULL, BARE, at_least=0.97),
     Ratio(3, "loader alone / training (full run)", LOADER, FULL, at_least=5.0),
     Ratio(3, "frame cache speed-up: cached / JPEG decode (loader alone)", LOADER, LOADER_DECODE),
@@ -214,7 +249,23 @@ GPU_DDP = Case(
     ("hardware.precision=bf16", "model.feature_cache=false", "hardware.strategy=ddp"),
 )
 GPU_LOADER = Case(3, "train loader alone at 224 px, frame cache", "loader")
-GPU_CASES = [GPU_FP32, GPU_BARE, GPU_BF16, GPU_FP16, GPU_CACHED, GPU_DDP, GPU_LOADER]
+# Issue 17: fine-tuning (the backbone trains, no feature cache) fed by the loader, by frames
+# held on the GPU, and by a batch already there.
+FINE_TUNE = ("model.freeze_backbone=false", "hardware.precision=bf16")
+GPU_FT_LOADER = Case(10, "fine-tuning, bf16, the data loader", "run", FINE_TUNE)
+GPU_FT_DEVICE = Case(
+    10, "fine-tuning, bf16, frames on the GPU (`data.device_cache=true`)", "run",
+    (*FINE_TUNE, "data.device_cache=true"),
+)  # fmt: skip
+GPU_FT_RESIDENT = Case(10, "fine-tuning, bf16, one batch already on the GPU", "resident", FINE_TUNE)
+GPU_CACHED_DEVICE = Case(
+    10, "baseline, bf16, from the feature cache held on the GPU", "run",
+    ("hardware.precision=bf16", "model.feature_cache=true", "data.device_cache=true"),
+)  # fmt: skip
+GPU_CASES = [
+    GPU_FP32, GPU_BARE, GPU_BF16, GPU_FP16, GPU_CACHED, GPU_DDP, GPU_LOADER,
+    GPU_FT_LOADER, GPU_FT_DEVICE, GPU_FT_RESIDENT, GPU_CACHED_DEVICE,
+]  # fmt: skip
 GPU_RATIOS = [
     Ratio(1, "full run / bare loop, fp32 on the GPU", GPU_FP32, GPU_BARE, at_least=0.97),
     Ratio(6, "bf16 / fp32", GPU_BF16, GPU_FP32),
@@ -222,7 +273,12 @@ GPU_RATIOS = [
     Ratio(3, "loader alone / training (bf16)", GPU_LOADER, GPU_BF16, at_least=5.0),
     # One GPU: the DataParallel profile leaves the model unwrapped, as the users' script did.
     Ratio(7, "DDP / DataParallel profile, 1 GPU, bf16", GPU_DDP, GPU_BF16),
-]
+    Ratio(10, "fine-tuning: frames on the GPU / batch already there", GPU_FT_DEVICE,
+          GPU_FT_RESIDENT, at_least=0.9),
+    Ratio(10, "fine-tuning: the data loader / batch already there", GPU_FT_LOADER,
+          GPU_FT_RESIDENT),
+    Ratio(10, "feature cache on the GPU / read by the loader", GPU_CACHED_DEVICE, GPU_CACHED),
+]  # fmt: skip
 EPOCHS = 50  # the users' baseline schedule
 
 
@@ -266,6 +322,11 @@ def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
 
 
+def repeat_batch(batch):
+    while True:
+        yield batch
+
+
 def steady_rate(loader, steps: int, step: Callable, sync: Callable) -> float:
     """samples/s of one epoch, timed as train() times `perf/samples_per_sec`: from the end of
     its warm-up steps to the end of the epoch."""
@@ -305,7 +366,12 @@ class Bench:
         self.samples: dict[Case, list[float]] = defaultdict(list)
         self.runs: dict[Case, list[RunResult]] = defaultdict(list)
         self.phases: list[dict] = []
-        self.runners = {"run": self.run_cli, "bare": self.bare_loop, "loader": self.loader_alone}
+        self.runners = {
+            "run": self.run_cli,
+            "bare": self.bare_loop,
+            "loader": self.loader_alone,
+            "resident": self.resident_loop,
+        }
 
     def overrides(self, case: Case) -> list[str]:
         return [*self.base, *case.overrides]
@@ -379,6 +445,35 @@ class Bench:
         model.train()
         steps = min(len(loader), tcfg.max_batches or len(loader))
         return [steady_rate(loader, steps, step, self.sync) for _ in range(tcfg.epochs)]
+
+    def resident_loop(self, case: Case, repeat: int) -> list[float]:
+        """The case's model, precision and batch, trained on one batch already on the device:
+        the throughput no data path can exceed."""
+        cfg = self.compose(case)
+        tcfg, data = cfg.training, cfg.data
+        device = torch.device("cuda" if self.cuda else "cpu")
+        torch.manual_seed(cfg.seed + repeat)
+        model = build_model(cfg.model, len(data.events)).to(device).train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(trainable, lr=tcfg.learning_rate)
+        shape = (tcfg.batch_size, data.window, 3, data.image_size, data.image_size)
+        batch = (
+            torch.randint(0, 256, shape, dtype=torch.uint8, device=device),
+            torch.randint(0, len(data.events), (tcfg.batch_size,), device=device),
+        )
+        precision = Precision(cfg.hardware.precision)
+
+        def step(frames, labels):
+            with autocast(precision, device.type):
+                loss = F.cross_entropy(model(frames), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        steps = tcfg.max_batches
+        return [
+            steady_rate(repeat_batch(batch), steps, step, self.sync) for _ in range(tcfg.epochs)
+        ]
 
     def loader_alone(self, case: Case, repeat: int) -> list[float]:
         """The whole train split per epoch (more batches than training takes: a steadier

@@ -42,9 +42,9 @@ def main() -> None:
     from torch.utils.data import RandomSampler
 
     from tennis_exp.config import register_configs, validate
-    from tennis_exp.data.frames import build_datasets
+    from tennis_exp.data.frames import build_datasets, make_loader
     from tennis_exp.engine.hardware import plan_run, wrap_model
-    from tennis_exp.engine.loop import Job, make_loader
+    from tennis_exp.engine.loop import Job
     from tennis_exp.engine.train import log_run_inputs
     from tennis_exp.models.cnn_lstm import build_model
     from tennis_exp.tracking.runs import ensure_experiment, mlflow_run, tracking_uri

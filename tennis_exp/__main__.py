@@ -11,9 +11,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from tennis_exp.cli import is_user_error, one_line, run_command, traceback_wanted
+from tennis_exp.cli import is_user_error, one_line, reported, run_command, traceback_wanted
 from tennis_exp.config import register_configs
-from tennis_exp.tracking.sweep import record_failure
 
 log = logging.getLogger("tennis_exp")
 
@@ -21,30 +20,25 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def run(cfg: DictConfig) -> float | None:
-    """One job: returns the best val macro-F1, the value sweepers optimise; None if it failed,
-    which Optuna's sweeper records as a failed trial (a NaN would stop its search: hydra#2237)."""
+@reported
+def run(cfg: DictConfig) -> float:
+    """One job: returns the best val macro-F1, the value sweepers optimise (None if it failed,
+    which Optuna's sweeper records as a failed trial)."""
     # torch and mlflow load once the config is good
     from tennis_exp.engine.devicepool import job_devices
     from tennis_exp.engine.train import train
 
     hc = HydraConfig.get()
     output_dir = Path(hc.runtime.output_dir)
-    multirun = hc.mode is RunMode.MULTIRUN
-    sweep_dir = hc.sweep.dir if multirun else None
+    sweep_dir = hc.sweep.dir if hc.mode is RunMode.MULTIRUN else None
     try:
         with job_devices(cfg, sweep_dir, hc.launcher) as job_cfg:
-            return train(job_cfg, output_dir, list(hc.overrides.task), sweep_dir=sweep_dir)
+            return train(job_cfg, output_dir, list(hc.overrides.task), sweep_dir)
     except Exception as err:
-        # Raising would print Hydra's multi-line report (and end a sweep): the job reports its
-        # mistake, and a sweep goes on with its next job.
-        if traceback_wanted() or not is_user_error(err):
-            raise
-        if multirun:
+        # The sweep goes on with its next job (`reported` returns None): this one stays a row.
+        if sweep_dir and is_user_error(err) and not traceback_wanted():
             sweep_job_failed(cfg, output_dir, hc, one_line(err))
-        else:
-            record_failure(str(output_dir.resolve()), one_line(err))
-        return None
+        raise
 
 
 def sweep_job_failed(cfg: DictConfig, output_dir: Path, hc, message: str) -> None:
@@ -54,7 +48,6 @@ def sweep_job_failed(cfg: DictConfig, output_dir: Path, hc, message: str) -> Non
     log.error("job %s (%s) failed: %s", hc.job.num, " ".join(hc.overrides.task), message)
     if process_rank() != 0:  # one DDP rank of the job: rank 0 records the job's failure
         return
-    record_failure(str(output_dir.resolve()), message)
     try:
         record_failed_job(cfg, output_dir, hc.sweep.dir, message, list(hc.overrides.task))
     except Exception as tracking_err:  # the job's own error is the one to report

@@ -4,13 +4,16 @@ sweep, ends it with one line on stderr and exit code 1; a bug keeps its tracebac
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
+from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from tennis_exp.errors import first_line
@@ -31,7 +34,7 @@ def run_command(hydra_main: Callable[[], object]) -> None:
         try:
             hydra_main()
         except KeyboardInterrupt as err:
-            sys.exit(f"Interrupted ({err or 'Ctrl-C'})")
+            sys.exit(f"Interrupted ({str(err) or 'Ctrl-C'})")
         except Exception as err:
             if traceback_wanted() or not is_user_error(err):
                 raise
@@ -43,6 +46,28 @@ def run_command(hydra_main: Callable[[], object]) -> None:
         sys.exit(f"Error: {lines[0]}")
     if lines:
         sys.exit(f"Error: {len(lines)} jobs failed; the first: {lines[0]}")
+
+
+def reported(job: Callable[[DictConfig], float]) -> Callable[[DictConfig], float | None]:
+    """A job whose user mistakes are recorded for `run_command`'s one line, and which then
+    returns None: raising would make Hydra print its multi-line report first, and None is what
+    Optuna's sweeper records as a failed trial (a NaN would stop its search: hydra#2237)."""
+
+    @functools.wraps(job)
+    def run(cfg: DictConfig) -> float | None:
+        try:
+            return job(cfg)
+        except Exception as err:
+            if traceback_wanted() or not is_user_error(err):
+                raise
+            from tennis_exp.engine.distributed import process_rank
+
+            if process_rank() == 0:  # a job's other DDP ranks leave its report to rank 0
+                output_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+                record_failure(str(output_dir), one_line(err))
+            return None
+
+    return run
 
 
 def traceback_wanted() -> bool:

@@ -44,14 +44,21 @@ def fit_untracked(cfg: DictConfig, output_dir: Path) -> float:
     return fit_and_test(Job(cfg, plan_run(cfg), output_dir, None, ""), Dist(), None, None)
 
 
-def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 300):
-    """`python -m tennis_exp ARGS` in a subprocess, as a user types it."""
+def run_cli(
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: int = 300,
+    module: str = "tennis_exp",
+):
+    """`python -m tennis_exp ARGS` (or another command's module) in a subprocess, as a user
+    types it."""
     full_env = {
         k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")
     }
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "tennis_exp", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,

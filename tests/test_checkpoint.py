@@ -82,8 +82,9 @@ class _OldScriptModel(nn.Module):
         self.fc = nn.Sequential(nn.Linear(1024, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, 4))
 
 
+@pytest.mark.parametrize("preset", ["model=resnet50", "experiment=tennis_seed"])
 @pytest.mark.parametrize("prefix", ["", "module."])
-def test_old_best_model_pth_loads_with_init_from(tmp_path, prefix):
+def test_old_best_model_pth_loads_with_init_from(tmp_path, prefix, preset):
     old = _OldScriptModel()
     optimizer = torch.optim.Adam(old.parameters(), lr=1e-4)
     torch.save(
@@ -96,9 +97,9 @@ def test_old_best_model_pth_loads_with_init_from(tmp_path, prefix):
         },
         tmp_path / "best_model.pth",
     )
-    cfg = compose_config(["model=resnet50", "model.pretrained=false"])
+    cfg = compose_config([preset, "model.pretrained=false"])
     model = build_model(cfg.model, num_classes=4)
-    checkpoint = load_weights(model, tmp_path / "best_model.pth")
+    checkpoint = load_weights(model, tmp_path / "best_model.pth")  # no key left over
     assert checkpoint.train_state["epoch"] == 12
     assert torch.equal(model.lstm.weight_hh_l2_reverse, old.lstm.weight_hh_l2_reverse)
     assert torch.equal(model.backbone[1].running_mean, old.backbone[1].running_mean)

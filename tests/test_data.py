@@ -18,10 +18,16 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tennis_exp.config import DataConfig, SyntheticConfig, SyntheticPreset, TrainingConfig
+from tennis_exp.config import (
+    THETIS_ACTIONS,
+    THETIS_EXCLUDED,
+    DataConfig,
+    SyntheticConfig,
+    SyntheticPreset,
+    TrainingConfig,
+)
 from tennis_exp.data import frames as data
-from tennis_exp.data.frames import WindowDataset, build_datasets, scan_split
-from tennis_exp.engine.loop import make_loader
+from tennis_exp.data.frames import WindowDataset, build_datasets, make_loader, scan_split
 from tennis_exp.errors import UserError
 
 # torchvision 0.29 deprecates its JPEG decoder (in favour of torchcodec) and warns per call.
@@ -59,7 +65,9 @@ def make_tree(root: Path, layout: dict[str, dict[str, list[int]]] = LAYOUT) -> P
 
 
 def make_cfg(root: Path, **overrides):
-    cfg = OmegaConf.structured(DataConfig(root=str(root)))
+    cfg = OmegaConf.structured(
+        DataConfig(root=str(root), actions=dict(THETIS_ACTIONS), excluded=list(THETIS_EXCLUDED))
+    )
     cfg.cache_dir = str(root.parent / "cache")
     for key, value in overrides.items():
         cfg[key] = value
@@ -456,3 +464,22 @@ def test_synthetic_generated_first(tmp_path, monkeypatch, as_string):
     datasets = build_datasets(cfg, seed=0)
     assert calls == [(tmp_path / "d", "tiny", 3, 64)]
     assert len(datasets["train"]) == 10
+
+
+def test_the_thetis_config_maps_the_folders_the_generator_and_prepare_write():
+    from .conftest import compose_config
+
+    for dataset in ("thetis", "synthetic"):
+        cfg = compose_config([f"data={dataset}", "data.root=/frames"]).data
+        assert dict(cfg.actions) == THETIS_ACTIONS and list(cfg.excluded) == THETIS_EXCLUDED
+
+
+def test_a_dataset_without_an_action_mapping_is_one_line():
+    from tennis_exp.config import validate
+
+    from .conftest import compose_config
+
+    cfg = compose_config([])
+    cfg.data.actions = {}  # a new dataset's config that forgot its mapping
+    with pytest.raises(UserError, match="data.actions is empty: map the action folders"):
+        validate(cfg)

@@ -19,12 +19,11 @@ from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
 from tennis_exp.config import Precision
-from tennis_exp.data.frames import build_datasets
+from tennis_exp.data.frames import build_datasets, make_loader
 from tennis_exp.engine import distributed
 from tennis_exp.engine.checkpoint import load_weights
 from tennis_exp.engine.distributed import Dist
 from tennis_exp.engine.evaluation import evaluate
-from tennis_exp.engine.loop import make_loader
 from tennis_exp.errors import UserError
 from tennis_exp.models.cnn_lstm import build_model
 
@@ -75,7 +74,8 @@ def test_two_gloo_processes_train_one_run(tmp_path):
     test_set = build_datasets(cfg.data, cfg.seed)["test"]
     cpu = torch.device("cpu")
     loader = make_loader(test_set, 5, cfg.training, cpu, 0)
-    metrics, cm = evaluate(model, loader, cpu, Precision.fp32, list(cfg.data.events), None, Dist())
+    result = evaluate(model, loader, cpu, Precision.fp32, list(cfg.data.events), None, Dist())
+    metrics, cm = result.metrics, result.confusion
     assert cm.sum() == len(test_set)
     assert run.data.metrics["test/acc"] == pytest.approx(metrics["acc"], abs=1e-9)
     assert run.data.metrics["test/macro_f1"] == pytest.approx(metrics["macro_f1"], abs=1e-9)
@@ -405,3 +405,56 @@ def _worker_pids(parent: int) -> list[int]:
         if int(fields.get("PPid", "0")) == parent and b"multiprocessing.spawn" in cmdline:
             pids.append(int(status.parent.name))
     return pids
+
+
+def _torchrun(cwd: Path, nnodes: int, nproc: int, port: int, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}",
+         f"--nproc_per_node={nproc}", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+         "--rdzv_id=tennis-exp-test", "-m", "tennis_exp", *args],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+    )  # fmt: skip
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _test_metrics(node: Path) -> dict[str, float]:
+    client = MlflowClient(f"sqlite:///{node / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("tennis_4event").experiment_id])
+    assert run.info.status == "FINISHED"
+    return {k: v for k, v in run.data.metrics.items() if k.startswith("test/")}
+
+
+def test_two_nodes_without_a_shared_disk(tmp_path):
+    # Two torchrun agents, each in its own empty directory with relative paths, meet through a
+    # c10d rendezvous on localhost: two "nodes" with a disk each. Each node prepares its data
+    # and frozen-backbone features; rank 0 alone logs and writes checkpoints; the best weights
+    # reach the other node through the process group.
+    common = ["hardware.strategy=ddp", "debug=smoke", "training.max_batches=null",
+              "model.freeze_backbone=true", "tracking.uri=sqlite:///mlflow.db"]  # fmt: skip
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    port = _free_port()
+    for node in nodes:
+        node.mkdir()
+    agents = [_torchrun(node, 2, 1, port, "hardware=cpu", *common) for node in nodes]
+    outputs = [agent.communicate(timeout=300)[0] for agent in agents]
+    assert [a.returncode for a in agents] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    for node in nodes:  # each node made its own data and features
+        assert list((node / ".cache" / "features").glob("test-*.npy"))
+    [main] = [node for node in nodes if (node / "mlflow.db").exists()]
+    assert len(list(main.glob("outputs/*/*/checkpoints/best.pth"))) == 1
+
+    # One node, two processes: the same world, the same numbers.
+    single = tmp_path / "single"
+    single.mkdir()
+    agent = _torchrun(single, 1, 2, _free_port(), "hardware=cpu_ddp2", *common)
+    output = agent.communicate(timeout=300)[0]
+    assert agent.returncode == 0, output[-3000:]
+    assert _test_metrics(main) == _test_metrics(single)

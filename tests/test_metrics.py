@@ -26,6 +26,8 @@ def test_metrics_by_hand():
     assert m["macro_recall"] == pytest.approx(0.75)
     assert m["macro_f1"] == pytest.approx(2 / 3)
     assert m["f1_net_play"] == pytest.approx(2 / 3)
+    assert (m["precision_net_play"], m["recall_net_play"]) == pytest.approx((0.5, 1.0))
+    assert (m["precision_smash"], m["recall_smash"]) == pytest.approx((1.0, 0.5))
 
 
 def test_a_never_predicted_class_scores_zero():

@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from tennis_exp.errors import UserError
 from tennis_exp.files import atomic_write
@@ -113,11 +114,15 @@ def _list_frames(video_dir: str) -> VideoFrames:
 
 def scan_split(root: Path, split: str, data_cfg) -> SplitIndex:
     """Index the usable videos of ``root/split`` and their sliding windows."""
-    split_dir = Path(root) / split
+    stride = data_cfg.train_stride if split == "train" else data_cfg.eval_stride
+    return scan_folder(Path(root) / split, split, stride, data_cfg)
+
+
+def scan_folder(split_dir: Path, split: str, stride: int, data_cfg) -> SplitIndex:
+    """Index the videos of a folder in the layout of one split, `split` naming it."""
     if not split_dir.is_dir():
         raise UserError(f"split folder {split_dir} is missing; expected {_LAYOUT}")
     window = data_cfg.window
-    stride = data_cfg.train_stride if split == "train" else data_cfg.eval_stride
     event_index = {event: i for i, event in enumerate(data_cfg.events)}
     excluded = set(data_cfg.excluded)
 
@@ -319,13 +324,7 @@ class WindowDataset(Dataset):
         return len(self.index.windows)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        video, start = (int(x) for x in self.index.windows[i])
-        if self._shuffle_seed is None:
-            positions = slice(start, start + self._window)
-        else:
-            # Seeded by (seed, window) so a run is reproducible whatever the worker or epoch.
-            rng = np.random.default_rng((self._shuffle_seed, i))
-            positions = start + rng.permutation(self._window)
+        video, positions = self._positions(i)
         if self._cache_file is None:
             clip = self._decode(video, positions)
         else:
@@ -333,6 +332,22 @@ class WindowDataset(Dataset):
             frames = self._cached_frames()[self._offsets[video] :][positions]
             clip = torch.from_numpy(np.array(frames))
         return clip, int(self.index.labels[i])
+
+    def frame_rows(self, i: int) -> np.ndarray:
+        """The rows of the split's per-frame array (the cache file) that window i reads."""
+        video, positions = self._positions(i)
+        if isinstance(positions, slice):
+            positions = np.arange(positions.start, positions.stop)
+        return self._offsets[video] + positions
+
+    def _positions(self, i: int) -> tuple[int, slice | np.ndarray]:
+        """Window i's video, and its frames' positions in that video."""
+        video, start = (int(x) for x in self.index.windows[i])
+        if self._shuffle_seed is None:
+            return video, slice(start, start + self._window)
+        # Seeded by (seed, window) so a run is reproducible whatever the worker or epoch.
+        rng = np.random.default_rng((self._shuffle_seed, i))
+        return video, start + rng.permutation(self._window)
 
     def _cached_frames(self) -> np.ndarray:
         # Opened on first use in each process: a memmap inherited through fork or pickled
@@ -380,6 +395,58 @@ def _check_root(root: Path) -> None:
 
 def build_datasets(data_cfg, seed: int) -> dict[str, WindowDataset]:
     """Scan (and cache) every split; returns {"train", "val", "test"} -> WindowDataset."""
+    root = _dataset_root(data_cfg)
+    # Every split is scanned before any cache is built, so layout errors come first.
+    indexes = [scan_split(root, split, data_cfg) for split in _SPLITS]
+    if data_cfg.train_fraction < 1:
+        indexes[0] = fraction_of(indexes[0], data_cfg.train_fraction, seed)
+    return {index.split: _windows(index, data_cfg, seed) for index in indexes}
+
+
+def fraction_of(index: SplitIndex, fraction: float, seed: int) -> SplitIndex:
+    """A share of the split's videos, drawn within each event (at least one video of every
+    event it has), in an order fixed by the seed and the videos' names: any machine draws the
+    same videos, and a larger fraction holds a smaller one's."""
+
+    def rank(video: int) -> str:
+        key = f"{seed}\0{os.path.basename(index.videos[video].folder)}"
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    kept: list[int] = []
+    for label in sorted(set(index.video_labels)):
+        videos = sorted((v for v, lab in enumerate(index.video_labels) if lab == label), key=rank)
+        kept += videos[: max(1, math.ceil(fraction * len(videos)))]
+    kept.sort()
+    new_id = {old: new for new, old in enumerate(kept)}
+    mask = np.isin(index.windows[:, 0], kept)
+    windows = index.windows[mask].copy()
+    windows[:, 0] = [new_id[v] for v in windows[:, 0]]
+    log.info(
+        "%s: data.train_fraction=%g keeps %d of %d videos", index.split, fraction, len(kept),
+        len(index.videos),
+    )  # fmt: skip
+    return replace(
+        index,
+        videos=[index.videos[v] for v in kept],
+        video_labels=[index.video_labels[v] for v in kept],
+        windows=windows,
+        labels=index.labels[mask],
+    )
+
+
+def build_split(data_cfg, seed: int, split: str, folder: str | None = None) -> WindowDataset:
+    """One split of the configured data, or instead a folder in the layout of one split
+    (its windows at the evaluation stride)."""
+    if folder is not None:
+        path = Path(folder).expanduser().absolute()
+        return _windows(
+            scan_folder(path, path.name, data_cfg.eval_stride, data_cfg), data_cfg, seed
+        )
+    return _windows(scan_split(_dataset_root(data_cfg), split, data_cfg), data_cfg, seed)
+
+
+def _dataset_root(data_cfg) -> Path:
+    """data.root, generated first when it is the synthetic twin, checked to hold the splits."""
     root = Path(data_cfg.root).expanduser().absolute()
     if data_cfg.synthetic.generate:
         from tennis_exp.data.synthetic import ensure_synthetic
@@ -392,29 +459,44 @@ def build_datasets(data_cfg, seed: int) -> dict[str, WindowDataset]:
             image_size=data_cfg.image_size,
         )
     _check_root(root)
-    # Every split is scanned before any cache is built, so layout errors come first.
-    indexes = [scan_split(root, split, data_cfg) for split in _SPLITS]
+    return root
+
+
+def _windows(index: SplitIndex, data_cfg, seed: int) -> WindowDataset:
+    """The index's windows, read from its frame cache (built on first use) if enabled."""
     cache_dir = Path(data_cfg.cache_dir).expanduser().absolute()
-    datasets = {}
-    for index in indexes:
-        cache_file = (
-            _ensure_cache(index, data_cfg.image_size, cache_dir) if data_cfg.frame_cache else None
-        )
-        datasets[index.split] = WindowDataset(
-            index,
-            window=data_cfg.window,
-            image_size=data_cfg.image_size,
-            cache_file=cache_file,
-            shuffle_seed=seed if data_cfg.shuffle_frames else None,
-        )
-        counts = ", ".join(f"{e} {n}" for e, n in index.class_counts(data_cfg.events).items())
-        log.info(
-            "%s: %d windows from %d videos (%s); %d video(s) shorter than %d frames skipped",
-            index.split,
-            len(index.windows),
-            len(index.videos),
-            counts,
-            index.skipped_short,
-            data_cfg.window,
-        )
-    return datasets
+    cache_file = (
+        _ensure_cache(index, data_cfg.image_size, cache_dir) if data_cfg.frame_cache else None
+    )
+    counts = ", ".join(f"{e} {n}" for e, n in index.class_counts(data_cfg.events).items())
+    log.info(
+        "%s: %d windows from %d videos (%s); %d video(s) shorter than %d frames skipped",
+        index.split,
+        len(index.windows),
+        len(index.videos),
+        counts,
+        index.skipped_short,
+        data_cfg.window,
+    )
+    return WindowDataset(
+        index,
+        window=data_cfg.window,
+        image_size=data_cfg.image_size,
+        cache_file=cache_file,
+        shuffle_seed=seed if data_cfg.shuffle_frames else None,
+    )
+
+
+def make_loader(dataset, batch_size: int, training, device: torch.device, seed: int, sampler=None):
+    """`training`: the run's training config (its num_workers and prefetch_factor)."""
+    workers = training.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=training.prefetch_factor if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+    )

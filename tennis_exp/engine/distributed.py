@@ -60,6 +60,12 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def is_node_main(self) -> bool:
+        """The first rank of its machine: it prepares what lives on that machine's disk (data,
+        caches), for nodes need not share one."""
+        return self.local_rank == 0
+
     def all_reduce(self, values: list[float], device: torch.device) -> list[float]:
         """Sum numbers over all ranks; identity when not distributed."""
         if not self.active:
@@ -86,6 +92,14 @@ class Dist:
         out: list[Any] = [None] * self.world_size
         torch_dist.all_gather_object(out, value)
         return out
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Rank 0's parameters and buffers into every rank's copy of `module`, in place."""
+        if not self.active:
+            return
+        with torch.no_grad():
+            for tensor in module.state_dict().values():
+                torch_dist.broadcast(tensor, src=0)
 
     def broadcast(self, value: Any) -> Any:
         """Rank 0's value on every rank."""

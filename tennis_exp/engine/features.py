@@ -60,13 +60,14 @@ def cached_features(
 ) -> dict[str, WindowDataset]:
     """The datasets re-pointed at their frames' backbone features, computing what is missing.
 
-    Rank 0 computes; the other ranks wait, then read the same files."""
+    Each machine's first rank computes what its disk lacks (nodes need not share one); the
+    other ranks wait, then read the same files."""
     weights = weights_digest(model.backbone)
     files = {
         split: feature_file(cache_dir, split, dataset.cache_file, weights, precision)
         for split, dataset in datasets.items()
     }
-    if dist.is_main:
+    if dist.is_node_main:
         for split, path in files.items():
             if path.exists():
                 log.info("%s: reusing feature cache %s", split, path)

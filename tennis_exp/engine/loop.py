@@ -18,15 +18,18 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DistributedSampler, Subset
 from tqdm import tqdm
 
 from tennis_exp.config import Precision, Strategy
-from tennis_exp.data.frames import WindowDataset
+from tennis_exp.data import device_cache
+from tennis_exp.data.augment import augment
+from tennis_exp.data.device_cache import DeviceBatches, DeviceWindows
+from tennis_exp.data.frames import WindowDataset, make_loader
 from tennis_exp.engine import checkpoint
 from tennis_exp.engine.checkpoint import Checkpoint, StopSignal, signals_deferred, unwrap
 from tennis_exp.engine.distributed import Dist
-from tennis_exp.engine.evaluation import evaluate
+from tennis_exp.engine.evaluation import Evaluation, evaluate
 from tennis_exp.engine.features import cached_features
 from tennis_exp.engine.hardware import RunPlan, autocast, wrap_model
 from tennis_exp.engine.metrics import plot_confusion
@@ -57,6 +60,7 @@ class Job:
     output_dir: Path
     run_id: str | None
     tracking_uri: str
+    class_weights: list[float] | None = None  # the loss's, from the training split
     resume_from: Path | None = None
 
 
@@ -91,17 +95,24 @@ class Trainer:
         self.events = list(cfg.data.events)
         self.model = model.to(self.plan.device)
         self.trained, datasets = self._trained_part(datasets)
-        self.params = [p for p in self.trained.parameters() if p.requires_grad]
+        self.class_weights = (
+            torch.tensor(job.class_weights, device=self.plan.device) if job.class_weights else None
+        )
         self.state = TrainState(
             torch.optim.Adam(
-                self.params, lr=self.plan.scaling.learning_rate, weight_decay=self.tcfg.weight_decay
+                self._param_groups(),
+                lr=self.plan.scaling.learning_rate,
+                weight_decay=self.tcfg.weight_decay,
             ),
             torch.amp.GradScaler(
                 self.plan.device.type, enabled=self.plan.precision is Precision.fp16
             ),
         )
+        self.params = [p for group in self.state.optimizer.param_groups for p in group["params"]]
         self.sampler = ResumableSampler(datasets["train"], cfg.seed, dist)
-        self.loaders = make_loaders(datasets, self.sampler, self.plan, dist, self.tcfg, cfg.seed)
+        self.loaders = device_batches(
+            datasets, self.sampler, self.plan, dist, cfg.data.device_cache
+        ) or make_loaders(datasets, self.sampler, self.plan, dist, self.tcfg, cfg.seed)
         train_batches = len(self.loaders["train"])
         self.steps_per_epoch = min(train_batches, self.tcfg.max_batches or train_batches)
         self.schedule = LrSchedule.for_run(
@@ -132,26 +143,50 @@ class Trainer:
                 self.model, datasets, cache_dir, self.plan.precision, self.plan.device, self.dist
             )
             trained = self.model.head()
-        trained = wrap_model(trained, self.plan)
-        if self.tcfg.compile:
-            trained = torch.compile(trained)
-        return trained, datasets
+        return self._wrapped(trained), datasets
+
+    def _wrapped(self, module: nn.Module) -> nn.Module:
+        wrapped = wrap_model(module, self.plan)
+        return torch.compile(wrapped) if self.tcfg.compile else wrapped
+
+    def _param_groups(self) -> list[dict]:
+        """One group of what trains, or two when the backbone's LR differs from the head's
+        (training.backbone_lr_factor) or it will be unfrozen: each group's `lr_scale` times
+        the schedule's LR is its LR. A frozen backbone's parameters get no gradient until it
+        is unfrozen, and Adam leaves them alone until then."""
+        cfg = self.job.cfg
+        factor, unfreeze = self.tcfg.backbone_lr_factor, cfg.model.unfreeze_at_epoch
+        if factor == 1 and unfreeze is None:
+            return [{"params": [p for p in self.trained.parameters() if p.requires_grad]}]
+        backbone = list(self.model.backbone.parameters())
+        held = {id(p) for p in backbone}
+        head = [p for p in self.trained.parameters() if p.requires_grad and id(p) not in held]
+        if cfg.model.freeze_backbone and unfreeze is None:
+            return [{"params": head, "lr_scale": 1.0}]
+        return [{"params": head, "lr_scale": 1.0}, {"params": backbone, "lr_scale": factor}]
+
+    def unfreeze_if_due(self, epoch: int) -> None:
+        """Staged unfreezing: from model.unfreeze_at_epoch on, the backbone trains too (and its
+        BatchNorm statistics update); the wrapper is rebuilt around what now trains."""
+        at = self.job.cfg.model.unfreeze_at_epoch
+        if at is None or epoch < at or not self.model.freeze_backbone:
+            return
+        self.model.unfreeze_backbone()
+        self.trained = self._wrapped(self.model)
+        if self.dist.is_main:
+            log.info(
+                "epoch %d: the backbone is unfrozen, at %g x the head's LR",
+                epoch,
+                self.tcfg.backbone_lr_factor,
+            )
 
     def fit(self) -> None:
         """Train from the state's epoch to the last, validating and saving every epoch."""
         with self.stop:
             for epoch in range(self.state.epoch + 1, self.tcfg.epochs + 1):
+                self.unfreeze_if_due(epoch)
                 result = self.train_one_epoch(epoch)
-                val, _ = evaluate(
-                    self.trained,
-                    self.loaders["val"],
-                    self.plan.device,
-                    self.plan.precision,
-                    self.events,
-                    self.tcfg.max_batches,
-                    self.dist,
-                )
-                self.end_epoch(epoch, result, val)
+                self.end_epoch(epoch, result, self.score("val").metrics)
                 # A signal during evaluation takes effect here, once the epoch is saved.
                 if self.stop_agreed():
                     raise KeyboardInterrupt(f"stopped by {self.stop.name or 'another rank'}")
@@ -197,13 +232,13 @@ class Trainer:
         state, plan = self.state, self.plan
         lr = self.schedule.lr(state.step, state.plateau.scale)
         for group in state.optimizer.param_groups:
-            group["lr"] = lr
-        frames = frames.to(plan.device, non_blocking=True)
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        frames = augment(frames.to(plan.device, non_blocking=True), self.job.cfg.data.augment)
         labels = labels.to(plan.device, non_blocking=True)
         try:
             with autocast(plan.precision, plan.device.type):
                 logits = self.trained(frames)
-                loss = F.cross_entropy(logits, labels)
+                loss = F.cross_entropy(logits, labels, weight=self.class_weights)
             state.optimizer.zero_grad(set_to_none=True)
             state.scaler.scale(loss).backward()
         except torch.cuda.OutOfMemoryError:
@@ -349,18 +384,13 @@ class Trainer:
         return self.dist.all_reduce([float(requested)], self.plan.device)[0] > 0
 
     def test(self) -> dict[str, float]:
-        """The best val weights on the test split, logged with a confusion matrix."""
-        self.dist.barrier()  # best.pth is written before any rank reads it
-        checkpoint.load_weights(self.model, checkpoint.load(self.ckpt_dir / "best.pth"))
-        test, cm = evaluate(
-            self.trained,
-            self.loaders["test"],
-            self.plan.device,
-            self.plan.precision,
-            self.events,
-            self.tcfg.max_batches,
-            self.dist,
-        )
+        """The best val weights on the test split, logged with a confusion matrix. Rank 0 reads
+        them and hands them to the others: best.pth may be on its machine's disk alone."""
+        if self.dist.is_main:
+            checkpoint.load_weights(self.model, self.ckpt_dir / "best.pth")
+        self.dist.broadcast_module(self.model)
+        result = self.score("test")
+        test, cm = result.metrics, result.confusion
         if self.dist.is_main:
             log.info(
                 "test (best val weights): acc %.3f macro-F1 %.3f", test["acc"], test["macro_f1"]
@@ -375,6 +405,17 @@ class Trainer:
                 if self.job.cfg.tracking.log_checkpoint:
                     self.run.log_artifact(self.ckpt_dir / "best.pth", "checkpoints")
         return test
+
+    def score(self, split: str) -> Evaluation:
+        return evaluate(
+            self.trained,
+            self.loaders[split],
+            self.plan.device,
+            self.plan.precision,
+            self.events,
+            self.tcfg.max_batches,
+            self.dist,
+        )
 
     def progress_bar(self, batches: Iterable, epoch: int, done: int):
         return tqdm(
@@ -437,6 +478,33 @@ class ResumableSampler(DistributedSampler):
         return islice(super().__iter__(), self.skip, None)
 
 
+def device_batches(datasets, sampler, plan: RunPlan, dist: Dist, setting) -> dict | None:
+    """The splits' batches gathered from frames held on the device (the same batches as
+    `make_loaders`'), or None where data.device_cache does not apply or they do not fit."""
+    # Only over a frame cache (validation refuses `true` without one).
+    if not device_cache.wanted(setting, plan.device) or any(
+        d.cache_file is None for d in datasets.values()
+    ):
+        return None
+    windows = {  # a rank holds its val and test shards, and all of train (reshuffled each epoch)
+        split: DeviceWindows(
+            d, range(dist.rank, len(d), dist.world_size) if split != "train" else None
+        )
+        for split, d in datasets.items()
+    }
+    nbytes = sum(w.nbytes for w in windows.values())
+    if not device_cache.fits_on(plan.device, nbytes, setting):
+        return None
+    log.info("data.device_cache: %.2f GiB of frames on %s, no loader", nbytes / 2**30, plan.device)
+    batch = plan.loader_batch_size
+    return {
+        split: DeviceBatches(
+            w.to(plan.device), sampler if split == "train" else range(len(w)), batch
+        )
+        for split, w in windows.items()
+    }
+
+
 def make_loaders(datasets, sampler, plan: RunPlan, dist: Dist, training, seed: int):
     """The train loader over `sampler`; val and test split over the ranks, each window once."""
     batch = plan.loader_batch_size
@@ -453,21 +521,6 @@ def make_loaders(datasets, sampler, plan: RunPlan, dist: Dist, training, seed: i
             for split in ("val", "test")
         },
     }
-
-
-def make_loader(dataset, batch_size: int, training, device: torch.device, seed: int, sampler=None):
-    """`training`: the run's training config (its num_workers and prefetch_factor)."""
-    workers = training.num_workers
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        prefetch_factor=training.prefetch_factor if workers > 0 else None,
-        generator=torch.Generator().manual_seed(seed),
-    )
 
 
 def reset_peak_memory(plan: RunPlan) -> None:

@@ -14,7 +14,7 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int
 
 
 def classification_metrics(cm: torch.Tensor, class_names: list[str]) -> dict[str, float]:
-    """Accuracy, macro precision/recall/F1 and per-class F1.
+    """Accuracy, macro precision/recall/F1, and per class precision, recall and F1.
 
     A class that is never predicted (or never present) scores 0 for that term, as scikit-learn's
     zero_division=0 does, so macro averages are over all classes.
@@ -32,8 +32,11 @@ def classification_metrics(cm: torch.Tensor, class_names: list[str]) -> dict[str
         "macro_recall": recall.mean().item(),
         "macro_f1": f1.mean().item(),
     }
-    for name, value in zip(class_names, f1.tolist(), strict=True):
-        out[f"f1_{metric_name(name)}"] = value
+    for i, name in enumerate(class_names):
+        key = metric_name(name)
+        out[f"precision_{key}"] = precision[i].item()
+        out[f"recall_{key}"] = recall[i].item()
+        out[f"f1_{key}"] = f1[i].item()
     return out
 
 
@@ -43,29 +46,31 @@ def metric_name(class_name: str) -> str:
 
 
 def plot_confusion(cm: torch.Tensor, class_names: list[str], title: str, path: Path) -> None:
+    """Counts, and each true class's row as shares of it (recall on the diagonal)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    ax.imshow(cm.numpy(), cmap="Blues")
-    ticks = range(len(class_names))
-    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true", title=title)
-    ax.set_xticklabels(class_names, rotation=30, ha="right")
-    ax.set_yticklabels(class_names)
-    threshold = cm.max().item() / 2
-    for i in ticks:
-        for j in ticks:
-            value = int(cm[i, j])
-            ax.text(
-                j,
-                i,
-                value,
-                ha="center",
-                va="center",
-                color="white" if value > threshold else "black",
-            )
+    counts = cm.numpy()
+    rows = cm.double() / cm.sum(1, keepdim=True).clamp(min=1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    for ax, values, fmt, subtitle in [
+        (axes[0], counts, "{:d}", "counts"),
+        (axes[1], rows.numpy(), "{:.2f}", "row-normalised"),
+    ]:
+        ax.imshow(values, cmap="Blues", vmin=0)
+        ticks = range(len(class_names))
+        ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true")
+        ax.set_title(f"{title}: {subtitle}", fontsize=10)
+        ax.set_xticklabels(class_names, rotation=30, ha="right")
+        ax.set_yticklabels(class_names)
+        threshold = values.max() / 2
+        for i in ticks:
+            for j in ticks:
+                value = values[i, j]
+                ax.text(j, i, fmt.format(value.item()), ha="center", va="center",
+                        color="white" if value > threshold else "black")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

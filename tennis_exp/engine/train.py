@@ -23,6 +23,8 @@ from tennis_exp.engine.checkpoint import Checkpoint
 from tennis_exp.engine.distributed import Dist
 from tennis_exp.engine.hardware import RunPlan, plan_run
 from tennis_exp.engine.loop import Job, Trainer, seed_everything
+from tennis_exp.engine.metrics import metric_name
+from tennis_exp.engine.objective import class_weights
 from tennis_exp.models.cnn_lstm import CNNLSTM, build_model
 from tennis_exp.tracking.runs import (
     OVERRIDES_TAG,
@@ -61,7 +63,8 @@ def train(
         if dist.is_main:
             show_plan(plan, len(datasets["train"]))
         output_dir = Path(dist.broadcast(str(output_dir)))  # torchrun ranks share rank 0's dir
-        job = Job(cfg, plan, output_dir, None, tracking_uri(cfg))
+        weights = class_weights(cfg.training.class_weights, datasets["train"], cfg.data.events)
+        job = Job(cfg, plan, output_dir, None, tracking_uri(cfg), weights)
         if not dist.is_main:
             return fit_and_test(job, dist, datasets, resume)
         with track(job, sweep_dir, resume, overrides) as run:
@@ -100,11 +103,12 @@ def show_plan(plan: RunPlan, train_size: int | None) -> None:
 
 
 def prepare_data(cfg: DictConfig, dist: Dist) -> dict[str, WindowDataset]:
-    """The splits, generated and cached by rank 0 first: the other ranks then find them ready."""
-    if not dist.is_main:
+    """The splits, generated and cached by each machine's first rank (nodes need not share a
+    disk), then read by the others, which find them ready."""
+    if not dist.is_node_main:
         dist.barrier()
     datasets = build_datasets(cfg.data, cfg.seed)
-    if dist.is_main:
+    if dist.is_node_main:
         dist.barrier()
     return datasets
 
@@ -146,7 +150,11 @@ def track(job: Job, sweep_dir: str | None, resume: Checkpoint | None, overrides:
 def log_run_inputs(run: Run, job: Job, overrides: list[str] | None) -> None:
     """Params (the resolved config and what the run really uses); the config and overrides
     as files."""
-    run.log_params({**config_params(job.cfg), **job.plan.params()})
+    weights = {
+        f"class_weight.{metric_name(event)}": weight
+        for event, weight in zip(job.cfg.data.events, job.class_weights or [], strict=False)
+    }
+    run.log_params({**config_params(job.cfg), **job.plan.params(), **weights})
     for name, text in [
         ("resolved_config.yaml", OmegaConf.to_yaml(job.cfg, resolve=True)),
         ("overrides.yaml", OmegaConf.to_yaml(list(overrides or []))),

@@ -97,9 +97,11 @@ class CNNLSTM(nn.Module):
         num_classes: int,
         lstm_hidden: int,
         lstm_layers: int,
-        dropout: float,
+        lstm_dropout: float,
         head_hidden: int,
+        head_dropout: float,
         freeze_backbone: bool,
+        freeze_bn_stats: bool = True,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -108,29 +110,38 @@ class CNNLSTM(nn.Module):
             lstm_hidden,
             lstm_layers,
             batch_first=True,
-            dropout=dropout if lstm_layers > 1 else 0.0,
+            dropout=lstm_dropout if lstm_layers > 1 else 0.0,
             bidirectional=True,
         )
         self.fc = nn.Sequential(
             nn.Linear(2 * lstm_hidden, head_hidden),
             nn.ReLU(),
-            nn.Dropout(dropout),
+            nn.Dropout(head_dropout),
             nn.Linear(head_hidden, num_classes),
         )
         # Not persistent: normalisation is not a weight, and old checkpoints do not hold it.
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
         self.freeze_backbone = freeze_backbone
+        # A frozen backbone keeps its BatchNorm statistics too, unless asked to update them as
+        # the old script did (its whole model was in train mode).
+        self.freeze_bn_stats = freeze_backbone and freeze_bn_stats
         if freeze_backbone:
             self.backbone.requires_grad_(False)
+        if self.freeze_bn_stats:
             self.backbone.eval()
 
     def train(self, mode: bool = True) -> CNNLSTM:
         super().train(mode)
-        if self.freeze_backbone:
-            # A frozen backbone keeps its BatchNorm statistics too (the old script updated them).
+        if self.freeze_bn_stats:
             self.backbone.eval()
         return self
+
+    def unfreeze_backbone(self) -> None:
+        """Train the backbone from now on, its BatchNorm statistics included."""
+        self.freeze_backbone = self.freeze_bn_stats = False
+        self.backbone.requires_grad_(True)
+        self.backbone.train(self.training)
 
     def head(self) -> SequenceHead:
         return SequenceHead(self.lstm, self.fc)
@@ -163,13 +174,19 @@ def build_model(model_cfg, num_classes: int, weights_follow: bool = False) -> CN
         backbone, dim = resnet(
             model_cfg.backbone.value, model_cfg.pretrained, model_cfg.weights_path
         )
+
+    def dropout(specific: float | None) -> float:
+        return model_cfg.dropout if specific is None else specific
+
     return CNNLSTM(
         backbone,
         dim,
         num_classes,
         model_cfg.lstm_hidden,
         model_cfg.lstm_layers,
-        model_cfg.dropout,
+        dropout(model_cfg.lstm_dropout),
         model_cfg.head_hidden,
+        dropout(model_cfg.head_dropout),
         model_cfg.freeze_backbone,
+        model_cfg.freeze_bn_stats,
     )

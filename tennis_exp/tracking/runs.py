@@ -38,7 +38,12 @@ def default_tracking_uri() -> str:
 
 
 def tracking_uri(cfg: DictConfig) -> str:
-    return cfg.tracking.uri or default_tracking_uri()
+    """tracking.uri, else the default; a relative SQLite path is made absolute, so a run
+    resumed from another directory finds its store."""
+    uri = cfg.tracking.uri or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
 
 
 def ensure_experiment(uri: str, name: str) -> str:

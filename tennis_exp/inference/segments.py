@@ -1,0 +1,208 @@
+"""From window probabilities to event segments, and segment files.
+
+Timing, the same for the segments, the frame-level scores and the timeline plot: a window spans
+its frames, from its first frame's time to its last frame's time plus one frame; it *speaks for*
+the stretch of the video nearer to its centre than to any other window's, so consecutive windows
+hand over halfway between their centres, the first speaks from the video's start and the last
+to its end. With a regular frame rate that is the hop (stride / fps) around each centre.
+
+The rule, with the `predict.*` keys: the probabilities are smoothed by a centred moving average
+(`smoothing` seconds wide); a window whose best smoothed probability is below `min_confidence`
+speaks for no event (idle play: the model has no class for it), else for its best event. Runs of
+windows with one event become segments; two segments of one event less than `min_duration`
+apart are joined (a flicker or a pause inside a rally), then segments shorter than
+`min_duration` are dropped. A segment's confidence is its event's mean smoothed probability
+over its windows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tennis_exp.errors import UserError, first_line
+
+NONE = -1  # a window that speaks for no event
+COLUMNS = ("start", "end", "event", "confidence")
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float  # seconds from the video's first frame
+    end: float
+    event: str
+    confidence: float = 1.0
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+def speaking_bounds(centres: np.ndarray, duration: float) -> np.ndarray:
+    """[W + 1] times: window i speaks for [bounds[i], bounds[i + 1])."""
+    centres = np.asarray(centres, dtype=float)
+    return np.concatenate([[0.0], (centres[1:] + centres[:-1]) / 2, [duration]])
+
+
+def smoothing_width(seconds: float, hop: float) -> int:
+    """Windows in a moving average `seconds` wide: odd, so it is centred; 1 is none."""
+    if hop <= 0:
+        return 1
+    width = max(1, round(seconds / hop))
+    return width if width % 2 else width + 1
+
+
+def smooth(probabilities: np.ndarray, width: int) -> np.ndarray:
+    """Centred moving average over `width` windows; at the ends, over the windows there are."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    if width <= 1 or len(probabilities) == 0:
+        return probabilities
+    half = width // 2
+    padded = np.concatenate([np.zeros((1, probabilities.shape[1])), probabilities]).cumsum(0)
+    index = np.arange(len(probabilities))
+    low, high = np.maximum(index - half, 0), np.minimum(index + half + 1, len(probabilities))
+    return (padded[high] - padded[low]) / (high - low)[:, None]
+
+
+def window_labels(smoothed: np.ndarray, min_confidence: float) -> np.ndarray:
+    """Each window's event index, or NONE where its best probability is below min_confidence."""
+    smoothed = np.asarray(smoothed, dtype=float)
+    if len(smoothed) == 0:
+        return np.zeros(0, dtype=int)
+    best = smoothed.argmax(1)
+    return np.where(smoothed.max(1) >= min_confidence, best, NONE)
+
+
+def runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
+    """(label, first, last) for every run of equal labels, NONE runs included."""
+    found: list[tuple[int, int, int]] = []
+    for i, label in enumerate(np.asarray(labels).tolist()):
+        if found and found[-1][0] == label:
+            found[-1] = (label, found[-1][1], i)
+        else:
+            found.append((label, i, i))
+    return found
+
+
+def event_runs(labels: np.ndarray, bounds: np.ndarray, min_duration: float) -> list[tuple]:
+    """The rule's runs of event windows (label, first, last): gaps shorter than min_duration
+    between two runs of one event closed, then runs shorter than min_duration dropped."""
+    joined: list[tuple[int, int, int]] = []
+    for label, first, last in runs(labels):
+        if label == NONE:
+            continue
+        same = next((i for i in range(len(joined) - 1, -1, -1) if joined[i][0] == label), None)
+        if same is not None and bounds[first] - bounds[joined[same][2] + 1] < min_duration:
+            # Everything in between (no event, or another event's short runs) joins it.
+            first = joined[same][1]
+            del joined[same:]
+        joined.append((label, first, last))
+    return [r for r in joined if bounds[r[2] + 1] - bounds[r[1]] >= min_duration]
+
+
+def to_segments(
+    smoothed: np.ndarray,
+    bounds: np.ndarray,
+    events: list[str],
+    min_confidence: float,
+    min_duration: float,
+) -> list[Segment]:
+    """The module's rule: smoothed window probabilities [W, C] and their speaking bounds
+    [W + 1] -> segments, in time order."""
+    labels = window_labels(smoothed, min_confidence)
+    return [
+        Segment(
+            float(bounds[first]),
+            float(bounds[last + 1]),
+            events[label],
+            float(np.mean(smoothed[first : last + 1, label])),
+        )
+        for label, first, last in event_runs(labels, bounds, min_duration)
+    ]
+
+
+# --- files --------------------------------------------------------------------------------------
+
+
+def write_segments_csv(path: Path, segments: list[Segment]) -> Path:
+    """A segments .csv: what `read_segments` reads, as truth for instance."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for s in segments:
+            writer.writerow([f"{s.start:.3f}", f"{s.end:.3f}", s.event, f"{s.confidence:.4f}"])
+    return path
+
+
+def write_segments_json(path: Path, segments: list[Segment], video: str, duration: float) -> Path:
+    """The same as a .json, with the video's name and duration."""
+    rounded = [
+        {**asdict(s), "start": round(s.start, 3), "end": round(s.end, 3),
+         "confidence": round(s.confidence, 4)}
+        for s in segments
+    ]  # fmt: skip
+    content = {"video": video, "duration": round(duration, 3), "segments": rounded}
+    path.write_text(json.dumps(content, indent=2) + "\n")
+    return path
+
+
+def read_segments(path: Path, events: list[str]) -> list[Segment]:
+    """Segments from a .csv (columns start, end, event and optionally confidence) or a .json
+    ({"segments": [...]} or a list of {start, end, event}); a malformed file raises a one-line
+    UserError naming it and the place."""
+    path = Path(path)
+    try:
+        rows = _json_rows(path) if path.suffix.lower() == ".json" else _csv_rows(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"truth {path} cannot be read: {first_line(err)}") from None
+    return sorted(
+        (_segment(row, f"truth {path} {where}", events) for where, row in rows),
+        key=lambda s: (s.start, s.end),
+    )
+
+
+def _csv_rows(path: Path) -> list[tuple[str, dict]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in COLUMNS[:3] if c not in (reader.fieldnames or [])]
+        if missing:
+            raise UserError(
+                f"truth {path} lacks the column(s) {', '.join(missing)}: its first line must "
+                f"name {', '.join(COLUMNS[:3])} (and optionally confidence)"
+            )
+        return [(f"line {i}", row) for i, row in enumerate(reader, start=2)]
+
+
+def _json_rows(path: Path) -> list[tuple[str, dict]]:
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"truth {path} is not valid JSON: {err}") from None
+    items = content.get("segments") if isinstance(content, dict) else content
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise UserError(
+            f'truth {path} holds no segment list: expected {{"segments": [{{"start": ..., '
+            '"end": ..., "event": ...}, ...]}'
+        )
+    return [(f"segment {i}", item) for i, item in enumerate(items, start=1)]
+
+
+def _segment(row: dict, where: str, events: list[str]) -> Segment:
+    try:
+        start, end = float(row["start"]), float(row["end"])
+        confidence = float(row.get("confidence") or 1.0)
+    except (KeyError, TypeError, ValueError):
+        raise UserError(
+            f"{where}: start and end must be numbers of seconds (got start={row.get('start')!r}, "
+            f"end={row.get('end')!r})"
+        ) from None
+    if not 0 <= start < end:
+        raise UserError(f"{where}: expected 0 <= start < end, got start={start:g}, end={end:g}")
+    event = row.get("event")
+    if event not in events:
+        raise UserError(f"{where}: unknown event {event!r}; the model's events: {events}")
+    return Segment(start, end, event, confidence)

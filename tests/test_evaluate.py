@@ -1,0 +1,174 @@
+"""`python -m tennis_exp.evaluate`: any checkpoint on any split or folder, the same numbers as
+the training run's test step, the users' report and more, one line for every mistake."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from .conftest import run_cli
+
+
+def _data_args(root):
+    return [
+        "debug=smoke",
+        "hardware=cpu",
+        f"data.root={root / 'data'}",
+        f"data.cache_dir={root / 'cache'}",
+        f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+    ]
+
+
+def run_evaluate(args, cwd, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "tennis_exp.evaluate", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A smoke run over the whole splits (its test step scores every test window)."""
+    root = tmp_path_factory.mktemp("trained")
+    out = run_cli(
+        [*_data_args(root), "training.max_batches=null", f"hydra.run.dir={root / 'run'}"],
+        cwd=root,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return root
+
+
+def _runs(root):
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tennis_4event").experiment_id
+    return client, client.search_runs([experiment])
+
+
+def test_the_evaluation_is_the_training_runs_test_step(trained, tmp_path):
+    best = trained / "run" / "checkpoints" / "best.pth"
+    out = run_evaluate(
+        [*_data_args(trained), f"checkpoint={best}", f"hydra.run.dir={tmp_path / 'eval'}"],
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "precision    recall  f1-score   support" in out.stdout
+    assert "video accuracy (vote)" in out.stdout
+
+    client, runs = _runs(trained)
+    [training] = [r for r in runs if "tennis_exp.role" not in r.data.tags]
+    [evaluation] = [r for r in runs if r.data.tags.get("tennis_exp.role") == "evaluation"]
+    assert evaluation.info.status == "FINISHED"
+    assert evaluation.data.tags["mlflow.parentRunId"] == training.info.run_id  # linked
+    trained_metrics, scored = training.data.metrics, evaluation.data.metrics
+    for key in ("test/acc", "test/macro_f1", "test/loss", "test/recall_rally"):
+        assert scored[key] == pytest.approx(trained_metrics[key], rel=1e-6), key
+    assert "test/precision_smash" in trained_metrics  # the training run's test step has them
+
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    with open(tmp_path / "eval" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == report["windows"] and report["videos"] <= len(rows)
+    assert set(rows[0]) == {"video", "first_frame", "true", "predicted", "p_Smash",
+                            "p_Net Play", "p_Rally", "p_Serve"}  # fmt: skip
+    correct = sum(r["true"] == r["predicted"] for r in rows)
+    assert correct / len(rows) == pytest.approx(report["acc"])
+    assert all(abs(sum(float(r[f"p_{e}"]) for e in ("Smash", "Net Play", "Rally", "Serve")) - 1)
+               < 1e-4 for r in rows)  # fmt: skip
+    assert 0 <= report["video_acc"] <= 1
+    artifacts = {a.path for a in client.list_artifacts(evaluation.info.run_id)}
+    assert {"report.txt", "report.json", "predictions.csv", "confusion_matrix.png"} <= artifacts
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_the_old_scripts_best_model_gets_the_same_report(trained, tmp_path, prefix):
+    # The old script's format: its own config (not ours), maybe DataParallel's prefix. The
+    # architecture comes from the command's model config then.
+    ours = torch.load(trained / "run" / "checkpoints" / "best.pth", weights_only=True)
+    old = tmp_path / "best_model.pth"
+    torch.save(
+        {
+            "model_state_dict": {prefix + k: v for k, v in ours["model_state_dict"].items()},
+            "optimizer_state_dict": ours["optimizer_state_dict"],
+            "epoch": 1,
+            "best_f1": 0.5,
+            "config": {"training": {"batch_size": 32, "learning_rate": 1e-4}},
+        },
+        old,
+    )
+    out = run_evaluate(
+        [*_data_args(trained), f"checkpoint={old}", f"hydra.run.dir={tmp_path / 'eval'}",
+         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    _, runs = _runs(trained)
+    [training] = [r for r in runs if "tennis_exp.role" not in r.data.tags]
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["macro_f1"] == pytest.approx(training.data.metrics["test/macro_f1"], rel=1e-6)
+
+
+def test_a_folder_in_the_layout_is_scored(trained, tmp_path):
+    folder = shutil.copytree(trained / "data" / "val", tmp_path / "clips")
+    best = trained / "run" / "checkpoints" / "best.pth"
+    out = run_evaluate(
+        [*_data_args(trained), f"checkpoint={best}", f"folder={folder}",
+         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"hydra.run.dir={tmp_path / 'e'}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "clips: " in out.stdout
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert report["windows"] == 20  # the tiny preset's val windows, at the evaluation stride
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["checkpoint={missing}"], "checkpoint {missing} does not exist"),
+        (["checkpoint={best}", "split=bogus"], "Invalid value 'bogus', expected one of"),
+        (["checkpoint={best}", "folder={empty}"], "no usable video in {empty}"),
+        (["checkpoint={best}", "model=resnet18"], None),  # the checkpoint's own model wins
+        (["checkpoint={foreign}"], "does not fit this model (another architecture?): missing"),
+        ([], "Missing mandatory value: checkpoint"),
+    ],
+)
+def test_mistakes_are_one_line_and_leave_no_run(trained, tmp_path, args, expected):
+    (tmp_path / "empty" / "smash" / "v1").mkdir(parents=True)
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"model_state_dict": {"head.weight": torch.zeros(1)}}, foreign)
+    paths = {
+        "missing": tmp_path / "nope.pth",
+        "best": trained / "run" / "checkpoints" / "best.pth",
+        "empty": tmp_path / "empty",
+        "foreign": foreign,
+    }
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = run_evaluate(
+        [*_data_args(trained), *(a.format(**paths) for a in args), f"tracking.uri={store}",
+         f"hydra.run.dir={tmp_path / 'e'}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    if expected is None:
+        assert out.returncode == 0, out.stderr[-3000:]
+        return
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), out.stderr
+    assert expected.format(**paths) in lines[0]
+    assert not (tmp_path / "mlflow.db").exists() or not _runs_in(store)
+
+
+def _runs_in(uri):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tennis_4event")
+    return experiment and client.search_runs([experiment.experiment_id])

@@ -1,0 +1,444 @@
+"""`python -m tennis_exp.predict`: the window -> segment rule and the detection metrics by
+hand-computed tables, the streamed windows against windows cut from the whole decoded video,
+synthetic matches, and the command as users type it: train, generate a match, predict and
+score it, one line for every mistake."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from tennis_exp.data.synthetic_match import match_parts, truth, write_match
+from tennis_exp.data.synthetic_videos import write_video
+from tennis_exp.data.video import VideoReader
+from tennis_exp.engine.hardware import plan_run
+from tennis_exp.errors import UserError
+from tennis_exp.inference.detection_metrics import (
+    Scores,
+    average_precision,
+    detections,
+    iou,
+    match_segments,
+)
+from tennis_exp.inference.runner import Predictor, Progress
+from tennis_exp.inference.segments import (
+    NONE,
+    Segment,
+    event_runs,
+    read_segments,
+    runs,
+    smooth,
+    smoothing_width,
+    speaking_bounds,
+    to_segments,
+    window_labels,
+    write_segments_csv,
+    write_segments_json,
+)
+from tennis_exp.inference.windows import Ring
+from tennis_exp.models.cnn_lstm import build_model
+
+from .conftest import ROOT, compose_config, run_cli
+
+EVENTS = ["Smash", "Net Play", "Rally", "Serve"]
+A, B = "Smash", "Net Play"
+
+
+# --- windows -> segments ------------------------------------------------------------------------
+
+
+def test_each_window_speaks_from_halfway_to_its_neighbours():
+    assert speaking_bounds(np.array([0.5, 1.5, 2.5]), 3.2).tolist() == [0, 1, 2, 3.2]
+    assert speaking_bounds(np.array([0.3]), 1.0).tolist() == [0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "hop", "width"), [(1.0, 0.32, 3), (1.0, 0.25, 5), (0.0, 0.32, 1), (0.4, 1.0, 1)]
+)
+def test_the_smoothing_width_is_odd_windows_of_about_the_seconds_asked(seconds, hop, width):
+    assert smoothing_width(seconds, hop) == width
+
+
+def test_the_moving_average_is_centred_and_averages_what_there_is_at_the_ends():
+    probs = np.array([[1, 0], [0, 1], [1, 0], [1, 0]], dtype=float)
+    expected = [[0.5, 0.5], [2 / 3, 1 / 3], [2 / 3, 1 / 3], [1, 0]]
+    assert smooth(probs, 3) == pytest.approx(np.array(expected))
+    assert (smooth(probs, 1) == probs).all()
+
+
+def test_a_window_below_min_confidence_speaks_for_no_event():
+    smoothed = np.array([[0.6, 0.4], [0.5, 0.5], [0.3, 0.2]])
+    assert window_labels(smoothed, 0.5).tolist() == [0, 0, NONE]
+    assert runs(np.array([0, 0, NONE, 1, 1, 0])) == [(0, 0, 1), (NONE, 2, 2), (1, 3, 4), (0, 5, 5)]
+
+
+@pytest.mark.parametrize(
+    ("labels", "min_duration", "expected"),
+    [
+        # a flicker of another event inside a run: joined (the gap is 0.5 s < 1 s)
+        ([0, 0, 0, 1, 0, 0, 0], 1.0, [(0, 0, 6)]),
+        # a pause of exactly min_duration is kept; both runs are long enough
+        ([0, 0, NONE, NONE, 0, 0], 1.0, [(0, 0, 1), (0, 4, 5)]),
+        # a run of 0.5 s is dropped
+        ([0, NONE, 1, 1, 1], 1.0, [(1, 2, 4)]),
+        # another event of 1 s between two runs: no join across 1.5 s
+        ([0, 0, 1, 1, NONE, 0, 0], 1.0, [(0, 0, 1), (1, 2, 3), (0, 5, 6)]),
+        ([0, 1, 0], 0.0, [(0, 0, 0), (1, 1, 1), (0, 2, 2)]),
+        ([NONE, NONE], 1.0, []),
+    ],
+)
+def test_the_segment_rule_joins_short_gaps_then_drops_short_runs(labels, min_duration, expected):
+    bounds = np.arange(len(labels) + 1) * 0.5  # every window speaks for 0.5 s
+    assert event_runs(np.array(labels), bounds, min_duration) == expected
+
+
+def test_segments_span_their_windows_speaking_bounds_with_the_mean_probability():
+    smoothed = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.2, 0.8], [0.45, 0.4]])
+    bounds = np.array([0, 1, 2, 3, 4, 5.5])
+    segments = to_segments(smoothed, bounds, [A, B], 0.5, 1.0)
+    assert segments == [
+        Segment(0, 2, A, pytest.approx(0.85)),
+        Segment(2, 4, B, pytest.approx(0.75)),
+    ]
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+
+def test_iou():
+    assert iou(Segment(0, 2, A), Segment(1, 3, A)) == pytest.approx(1 / 3)
+    assert iou(Segment(0, 2, A), Segment(2, 4, A)) == 0
+    assert iou(Segment(0, 4, A), Segment(1, 3, A)) == 0.5
+
+
+def test_segments_match_one_to_one_by_confidence_at_iou_half():
+    truth_ = [Segment(0, 4, A), Segment(4, 8, B)]
+    predicted = [
+        Segment(0, 3, A, 0.9),  # IoU 0.75: right
+        Segment(0.5, 2, A, 0.95),  # IoU 0.375: wrong, though the most confident
+        Segment(5, 8, B, 0.5),  # IoU 0.75: right
+        Segment(4, 8, B, 0.4),  # the B truth is taken: wrong
+        Segment(0, 4, B, 0.99),  # the wrong event: wrong
+    ]
+    assert match_segments(truth_, predicted) == 2
+
+
+def test_detections_within_one_second_of_a_free_true_start_in_confidence_order():
+    truth_ = [Segment(t, t + 3, A) for t in (0, 10, 20)] + [Segment(5, 6, B)]
+    predicted = [
+        Segment(0.5, 3, A, 0.9),  # 0.5 s from 0: right
+        Segment(0.8, 4, A, 0.8),  # 0 is taken, 10 is 9.2 s away: wrong
+        Segment(11.0, 14, A, 0.7),  # exactly 1 s from 10: right
+        Segment(30, 31, A, 0.6),  # wrong
+        Segment(19.2, 22, A, 0.5),  # right
+        Segment(5, 6, B, 0.99),  # another event: not a detection of A
+    ]
+    found = detections(truth_, predicted, A)
+    assert found == [(0.9, True), (0.8, False), (0.7, True), (0.6, False), (0.5, True)]
+    # precision at each hit, made non-increasing: 1, 2/3, 3/5; over 3 true events
+    assert average_precision(found, 3) == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+    assert average_precision([(0.5, False)], 3) == 0
+    assert math.isnan(average_precision([(0.5, False)], 0))
+
+
+def test_frame_accuracy_counts_idle_frames_as_no_event_and_separately_without_them():
+    scores = Scores([A, B])
+    # 8 frames at 2 fps: truth A A A A - - - -, predicted A A B B - - - -
+    scores.add([Segment(0, 2, A)], [Segment(0, 1, A, 0.9), Segment(1, 2, B, 0.8)], 4.0, 2.0)
+    s = scores.summary()
+    assert (s["frame_acc"], s["frame_acc_events"]) == (6 / 8, 2 / 4)
+    # A 0-1 overlaps A 0-2 by IoU 0.5: a match; B has no true segment
+    assert (s["segment_precision"], s["segment_recall"], s["segment_f1"]) == (0.5, 1, 2 / 3)
+    assert s["ap_1s_smash"] == 1.0 and math.isnan(s["ap_1s_net_play"])
+    assert s["map_1s"] == 1.0  # the mean over the events the truth holds
+
+
+def test_scores_pool_videos_each_matched_on_its_own():
+    scores = Scores([A, B])
+    scores.add([Segment(0, 4, A)], [Segment(0, 4, A, 0.6)], 4.0, 1.0)
+    # the same times in another video: not a match for the first video's truth
+    scores.add([Segment(10, 14, B)], [Segment(0, 4, A, 0.9)], 14.0, 1.0)
+    s = scores.summary()
+    assert (s["true_segments"], s["predicted_segments"]) == (2, 2)
+    assert s["segment_f1"] == 0.5 and s["frame_acc"] == pytest.approx((4 + 6) / (4 + 14))
+    assert s["ap_1s_smash"] == pytest.approx(0.5)  # the wrong one ranks first
+    assert s["ap_1s_net_play"] == 0 and s["map_1s"] == pytest.approx(0.25)
+
+
+# --- segment files --------------------------------------------------------------------------------
+
+
+def test_segments_files_read_back(tmp_path):
+    segments = [Segment(0.5, 2.25, A, 0.875), Segment(3, 4.5, B, 0.5)]
+    write_segments_csv(tmp_path / "s.csv", segments)
+    write_segments_json(tmp_path / "s.json", segments, "v.avi", 5.0)
+    assert read_segments(tmp_path / "s.csv", EVENTS) == segments
+    assert read_segments(tmp_path / "s.json", EVENTS) == segments
+    (tmp_path / "bare.json").write_text('[{"start": 1, "end": 2, "event": "Rally"}]')
+    assert read_segments(tmp_path / "bare.json", EVENTS) == [Segment(1, 2, "Rally", 1.0)]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("t.csv", "start,end\n1,2\n", "lacks the column(s) event"),
+        ("t.csv", "start,end,event\n1,2,Smash\nx,3,Rally\n", "line 3: start and end must be"),
+        ("t.csv", "start,end,event\n2,1,Smash\n", "line 2: expected 0 <= start < end"),
+        ("t.csv", "start,end,event\n1,2,Lob\n", "line 2: unknown event 'Lob'"),
+        ("t.json", "{not json", "is not valid JSON"),
+        ("t.json", '{"segments": 3}', "holds no segment list"),
+        ("t.json", '{"segments": [{"start": 1, "event": "Rally"}]}', "segment 1: start and end"),
+    ],
+)
+def test_a_malformed_truth_file_is_one_line_naming_the_place(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(
+        UserError, match=f"^truth {re.escape(str(path))} [^\n]*{re.escape(message)}"
+    ):
+        read_segments(path, EVENTS)
+
+
+# --- streaming ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("length", "window", "stride", "batch"),
+    [(50, 16, 8, 7), (50, 16, 16, 64), (15, 16, 8, 4), (40, 4, 1, 3), (100, 16, 5, 16)],
+)
+def test_the_ring_cuts_the_windows_of_the_whole_stream_holding_few_items(
+    length, window, stride, batch
+):
+    items = torch.arange(length)
+    ring = Ring(window, stride)
+    got, times = [], []
+    for chunk in items.split(batch):
+        windows, window_times = ring.push(chunk, chunk.double() / 10)
+        got += windows.tolist()
+        times += window_times.tolist()
+    expected = [list(range(s, s + window)) for s in range(0, length - window + 1, stride)]
+    assert got == expected
+    assert times == [[i / 10 for i in w] for w in expected]
+    assert ring.peak <= window - 1 + batch
+
+
+def _moving_video(path, length=61, size=40, fps=25):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 60, (length, size, size, 3), dtype=np.uint8)
+    for t in range(length):  # a bright square crossing the image: motion
+        x = t * (size - 8) // length
+        frames[t, 10:18, x : x + 8] = 250
+    write_video(path, frames, fps=fps)
+    return path
+
+
+def test_streamed_windows_are_the_models_windows_cut_from_the_whole_video(tmp_path):
+    cfg = compose_config(["debug=smoke", "hardware=cpu"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 4).eval()
+    video = _moving_video(tmp_path / "v.avi")
+    size, window, stride, batch = cfg.data.image_size, 16, 5, 7
+    predictor = Predictor(model, plan_run(cfg), window, stride, batch)
+    with VideoReader(video, size) as reader:
+        streamed = predictor.run(reader, 1 / 25, Progress("v", None, False))
+    with VideoReader(video, size) as reader:
+        frames = list(reader)
+    starts = range(0, len(frames) - window + 1, stride)
+    clips = (
+        torch.stack(
+            [torch.from_numpy(np.stack([f.image for f in frames[s : s + window]])) for s in starts]
+        )
+        .permute(0, 1, 4, 2, 3)
+        .contiguous()
+    )
+    with torch.no_grad():
+        expected = model(clips).softmax(1).numpy()
+    assert streamed.probabilities == pytest.approx(expected, abs=1e-5)
+    assert streamed.start.tolist() == pytest.approx([frames[s].time for s in starts])
+    assert streamed.end.tolist() == pytest.approx(
+        [frames[s + window - 1].time + 1 / 25 for s in starts]
+    )
+    assert (streamed.frames, streamed.duration) == (61, pytest.approx(61 / 25))
+    # bounded memory: the features of at most a window and a batch of frames
+    assert predictor.ring.peak <= window - 1 + batch
+
+
+# --- synthetic matches ----------------------------------------------------------------------------
+
+
+def test_a_match_alternates_idle_play_and_events_never_the_same_twice():
+    parts = match_parts(120, np.random.default_rng(0))
+    assert parts[0].event is None and parts[-1].event is None
+    events = [p.event for p in parts if p.event is not None]
+    assert all(a != b for a, b in zip(events, events[1:], strict=False))
+    assert set(events) == set(EVENTS) and sum(p.frames for p in parts) / 25 >= 120
+    assert all(p.frames >= 25 for p in parts)  # at least 1 s each
+    segments = truth(parts)
+    assert [s.event for s in segments] == events
+    assert segments[0].start == parts[0].frames / 25
+
+
+def test_a_match_is_written_as_a_video_and_its_truth(tmp_path):
+    video, segments = write_match(tmp_path, 0, seconds=6, image_size=32)
+    truth_ = read_segments(segments, EVENTS)
+    with VideoReader(video) as reader:
+        frames = list(reader)
+    assert frames[0].image.shape == (32, 32, 3)
+    parts = match_parts(6, np.random.default_rng(np.random.SeedSequence([0, 1000, 0, 1])))
+    assert len(frames) == sum(p.frames for p in parts)
+    assert [(s.start, s.end, s.event) for s in truth_] == [
+        (s.start, s.end, s.event) for s in truth(parts)
+    ]
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+def _store(root):
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A smoke model and a short synthetic match with its truth."""
+    root = tmp_path_factory.mktemp("predict")
+    out = run_cli(
+        ["debug=smoke", "hardware=cpu", f"data.root={root / 'data'}",
+         f"data.cache_dir={root / 'cache'}", f"tracking.uri={_store(root)}",
+         f"hydra.run.dir={root / 'run'}"],
+        cwd=root,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    write_match(root / "matches", 0, seconds=8)
+    return root
+
+
+def predict(args, cwd):
+    return run_cli(args, cwd, module="tennis_exp.predict", timeout=300)
+
+
+def test_predict_a_match_gives_segments_plot_scores_and_a_video(trained, tmp_path):
+    match = trained / "matches" / "match_000.avi"
+    out = predict(
+        [f"checkpoint={trained / 'run' / 'checkpoints' / 'best.pth'}", f"video={match}",
+         f"truth={trained / 'matches' / 'match_000.segments.csv'}", "hardware=cpu",
+         # an untrained model is never confident: every window speaks for an event
+         "predict.min_confidence=0", "predict.render=true", f"tracking.uri={_store(trained)}",
+         f"hydra.run.dir={tmp_path / 'p'}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Scores against the truth (1 video(s)" in out.stdout
+    assert "x real time" in out.stdout
+    folder = tmp_path / "p" / "match_000"
+    segments = read_segments(folder / "segments.csv", EVENTS)
+    assert segments and segments == read_segments(folder / "segments.json", EVENTS)
+    assert (folder / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(folder / "windows.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(abs(sum(float(r[f"p_{e}"]) for e in EVENTS) - 1) < 1e-4 for r in rows)
+    duration = json.loads((folder / "segments.json").read_text())["duration"]
+    assert float(rows[0]["speaks_from"]) == 0 and float(rows[-1]["speaks_to"]) == duration
+    scores = json.loads((tmp_path / "p" / "scores.json").read_text())["all"]
+    for key in ("frame_acc", "frame_acc_events", "segment_f1", "map_1s", "ap_1s_rally"):
+        assert 0 <= scores[key] <= 1, key
+    with VideoReader(folder / "match_000.events.mp4") as rendered, VideoReader(match) as source:
+        assert rendered.info.height >= 256 and len(list(rendered)) == len(list(source))
+
+    client = MlflowClient(_store(trained))
+    experiment = client.get_experiment_by_name("tennis_4event").experiment_id
+    [training] = [
+        r for r in client.search_runs([experiment]) if "tennis_exp.role" not in r.data.tags
+    ]
+    [run] = [
+        r
+        for r in client.search_runs([experiment])
+        if r.data.tags.get("tennis_exp.role") == "prediction"
+    ]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == training.info.run_id
+    assert run.data.metrics["map_1s"] == scores["map_1s"]
+    assert run.data.metrics["speed/realtime_factor"] > 0
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "match_000")}
+    assert {"match_000/segments.csv", "match_000/timeline.png", "match_000/windows.csv"} <= (
+        artifacts
+    )
+
+
+def test_a_folder_of_videos_is_scored_against_a_folder_of_truths(trained, tmp_path):
+    matches = trained / "matches"
+    out = predict(
+        [f"checkpoint={trained / 'run' / 'checkpoints' / 'best.pth'}", f"video={matches}",
+         f"truth={matches}", "hardware=cpu", f"tracking.uri={_store(tmp_path)}",
+         f"hydra.run.dir={tmp_path / 'p'}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    scores = json.loads((tmp_path / "p" / "scores.json").read_text())
+    assert set(scores["videos"]) == {"match_000"}
+    assert (tmp_path / "p" / "match_000" / "segments.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["video={garbage}"], "video {garbage} cannot be read"),
+        (["video={short}"], "video {short} is shorter than one window: 10 frame(s) at 25 fps"),
+        (["video={match}", "checkpoint={foreign}"], "does not fit this model"),
+        (["video={empty}"], "video={empty} holds no video (.avi, .mp4, .mov, .mkv)"),
+        (["video={match}", "truth={bad_truth}"], "truth {bad_truth} line 2: unknown event"),
+        (["video={match}", "truth={empty}"], "truth={empty} holds no match_000.segments.csv"),
+        (["video={match}", "predict.stride=17"], "predict.stride=17 is invalid"),
+        (["checkpoint={best}"], "Missing mandatory value: video"),
+    ],
+)
+def test_mistakes_are_one_line_and_leave_no_run(trained, tmp_path, args, expected):
+    paths = {
+        "best": trained / "run" / "checkpoints" / "best.pth",
+        "match": trained / "matches" / "match_000.avi",
+        "garbage": tmp_path / "garbage.avi",
+        "short": _moving_video(tmp_path / "short.avi", length=10),
+        "foreign": tmp_path / "foreign.pth",
+        "empty": tmp_path / "empty",
+        "bad_truth": tmp_path / "truth.csv",
+    }
+    paths["garbage"].write_bytes(b"not a video" * 100)
+    torch.save({"model_state_dict": {"head.weight": torch.zeros(1)}}, paths["foreign"])
+    paths["empty"].mkdir()
+    paths["bad_truth"].write_text("start,end,event\n1,2,Lob\n")
+    given = [a.format(**paths) for a in args]
+    if not any(a.startswith("checkpoint=") for a in given):
+        given.append(f"checkpoint={paths['best']}")
+    out = predict(
+        [*given, "hardware=cpu", f"tracking.uri={_store(tmp_path)}",
+         f"hydra.run.dir={tmp_path / 'p'}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr[-3000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), out.stderr
+    assert expected.format(**paths) in lines[0]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_the_quick_predict_bench_writes_its_table(tmp_path):
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.predict", "--quick", "--data-dir", str(tmp_path / "data"),
+         "--results-dir", str(results)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (written,) = results.glob("*-predict.md")
+    text = written.read_text()
+    assert "| predict (decode, model, windows), 1 torch thread(s) |" in text and text in proc.stdout
