@@ -3,17 +3,13 @@ run; failed and diverged trials are told to the sampler as failed and the search
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
-
-from tennis_exp.config import TrainingConfig
 
 from .conftest import CONF, run_cli
 
@@ -45,28 +41,11 @@ def test_the_preset_searches_lr_batch_dropout_lstm_and_class_weights(monkeypatch
     assert _compose("hydra/launcher=parallel").hydra.sweeper.n_jobs == 4  # one per GPU
 
 
-def _preset(tmp_path: Path) -> tuple[str, str]:
-    """(searchpath override, preset name): the preset itself once training.class_weights
-    exists; until then a copy of it without that key, in tmp_path."""
-    if "class_weights" in {f.name for f in dataclasses.fields(TrainingConfig)}:
-        return "hydra.searchpath=[]", "tennis_optuna"
-    text = PRESET.read_text()
-    preset = yaml.safe_load(text)
-    del preset["hydra"]["sweeper"]["params"]["training.class_weights"]
-    folder = tmp_path / "conf" / "hparams_search"
-    folder.mkdir(parents=True)
-    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
-    (folder / "here.yaml").write_text(header + yaml.safe_dump(preset, sort_keys=False))
-    return f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "here"
-
-
 def _search(tmp_path, *overrides):
-    searchpath, name = _preset(tmp_path)
     return run_cli(
         [
             "--multirun",
-            searchpath,
-            f"hparams_search={name}",
+            "hparams_search=tennis_optuna",
             "hardware=cpu",
             "debug=smoke",
             f"data.root={tmp_path / 'data'}",
@@ -121,16 +100,15 @@ def test_a_search_goes_on_past_diverged_trials_and_logs_its_best(tmp_path):
     assert parent.data.metrics["best/val_macro_f1"] == pytest.approx(top)
     results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(top)  # Optuna agrees
-    searched = [k for k in SEARCHED if k != "training.class_weights"]
     given = dict(o.split("=", 1) for o in json.loads(best.data.tags["overrides"]))
     assert parent.data.params["best.training.learning_rate"] == "0.0001"
-    for key in searched:
+    for key in SEARCHED:
         assert parent.data.params[f"best.{key}"] == given[key]
     assert {"optimization_results.yaml", "comparison.csv"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id)
     }
     header = (tmp_path / "sweep" / "comparison" / "comparison.csv").read_text().splitlines()[0]
-    assert header.endswith(",".join(searched))  # a column per searched key
+    assert header.endswith(",".join(SEARCHED))  # a column per searched key
 
 
 def _best_f1(client, run) -> float:
