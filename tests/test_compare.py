@@ -9,7 +9,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from tennis_exp.tracking.compare import Row, add_speedups, swept_values, to_csv, to_text
+from tennis_exp.tracking.compare import (
+    Row,
+    add_speedups,
+    plot_study,
+    swept_values,
+    to_csv,
+    to_text,
+)
 from tennis_exp.tracking.runs import ensure_experiment, filter_value, runs_tagged
 from tennis_exp.tracking.sweep import SweepTracking, child_runs, record_failed_job, sweep_parent
 
@@ -70,6 +77,33 @@ def test_the_table_has_a_column_per_key_the_sweep_varied():
         "training.learning_rate",
         "model.x",
     ]
+
+
+def test_a_study_shows_each_class_recall_and_plots_against_its_numeric_key(tmp_path):
+    rows = []
+    for strategy, fraction, f1, recall in [
+        ("scratch", "0.1", 0.30, {"serve": 0.0, "smash": 0.6}),
+        ("scratch", "1.0", 0.70, {"serve": 0.7, "smash": 0.8}),
+        ("frozen", "0.1", 0.55, {"serve": 0.4, "smash": 0.7}),
+    ]:
+        row = _row(f"{strategy}-{fraction}", "cpu", 1, 10.0)
+        row.test_macro_f1, row.test_recall = f1, recall
+        row.swept = {"experiment": strategy, "data.train_fraction": fraction}
+        rows.append(row)
+    header, first, *_ = to_csv(rows).splitlines()
+    assert header.endswith(
+        ",test_macro_f1,recall_serve,recall_smash,experiment,data.train_fraction"
+    )
+    assert first.endswith(",0.3,0.0,0.6,scratch,0.1")  # a collapsed class reads as 0.0
+    assert to_text(rows).splitlines()[0].split()[-6:] == [
+        "recall", "serve", "recall", "smash", "experiment", "data.train_fraction"
+    ]  # fmt: skip
+    path = plot_study(rows, tmp_path / "study.png")
+    assert path.stat().st_size > 0
+    # Only keys with numbers can be an axis: a sweep of names alone has no study plot.
+    for row in rows:
+        row.swept = {"experiment": row.swept["experiment"]}
+    assert plot_study(rows, tmp_path / "none.png") is None
 
 
 def test_the_baseline_is_the_fewest_devices_even_if_listed_later():

@@ -37,6 +37,9 @@ COLUMNS = {
 }
 
 
+RECALL = "test/recall_"
+
+
 @dataclass
 class Row:
     run: str
@@ -55,6 +58,8 @@ class Row:
     peak_mem_others_mb: float | None = None
     best_val_macro_f1: float | None = None
     test_macro_f1: float | None = None
+    # Per class (metric name: net_play, ...), the test recall: a collapsed class shows as ~0.
+    test_recall: dict[str, float] = field(default_factory=dict)
     # The keys the sweep varied (its jobs' overrides that differ), this job's values of them.
     swept: dict[str, str | None] = field(default_factory=dict)
     run_id: str = ""
@@ -118,6 +123,11 @@ def rows_for(client, runs) -> list[Row]:
                 peak_mem_others_mb=max((metrics[k] for k in gpus[1:]), default=None),
                 best_val_macro_f1=max(val_f1) if val_f1 else None,
                 test_macro_f1=metrics.get("test/macro_f1"),
+                test_recall={
+                    k.removeprefix(RECALL): v
+                    for k, v in sorted(metrics.items())
+                    if k.startswith(RECALL)
+                },
                 swept=swept[run_id],
                 run_id=run_id,
             )
@@ -164,12 +174,19 @@ def _swept_keys(rows: list[Row]) -> list[str]:
     return list(rows[0].swept) if rows else []
 
 
+def _classes(rows: list[Row]) -> list[str]:
+    return sorted({c for r in rows for c in r.test_recall})
+
+
 def _table(rows: list[Row]) -> list[list[str]]:
-    """The header, then a row of cells per job: the columns, then the swept keys."""
-    keys = _swept_keys(rows)
-    header = [*COLUMNS.values(), *keys]
+    """The header, then a row of cells per job: the columns, each class's test recall, then
+    the swept keys."""
+    keys, classes = _swept_keys(rows), _classes(rows)
+    header = [*COLUMNS.values(), *(f"recall {c}" for c in classes), *keys]
     body = [
-        [_cell(k, getattr(r, k)) for k in COLUMNS] + [_cell(k, r.swept[k]) for k in keys]
+        [_cell(k, getattr(r, k)) for k in COLUMNS]
+        + [_cell("test_macro_f1", r.test_recall.get(c)) for c in classes]
+        + [_cell(k, r.swept[k]) for k in keys]
         for r in rows
     ]
     return [header, *body]
@@ -191,10 +208,14 @@ def to_text(rows: list[Row]) -> str:
 
 def to_csv(rows: list[Row]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=[*COLUMNS, *_swept_keys(rows)])
+    recalls = [f"recall_{c}" for c in _classes(rows)]
+    writer = csv.DictWriter(out, fieldnames=[*COLUMNS, *recalls, *_swept_keys(rows)])
     writer.writeheader()
     for r in rows:
-        writer.writerow({**{k: v for k, v in asdict(r).items() if k in COLUMNS}, **r.swept})
+        recall = {f"recall_{c}": v for c, v in r.test_recall.items()}
+        writer.writerow(
+            {**{k: v for k, v in asdict(r).items() if k in COLUMNS}, **recall, **r.swept}
+        )
     return out.getvalue()
 
 
@@ -256,7 +277,51 @@ def plot(client, runs, rows: list[Row], out_dir: Path) -> list[Path]:
     paths.append(out_dir / "val_macro_f1.png")
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
-    return paths
+    study = plot_study(rows, out_dir / "study.png")
+    return [*paths, study] if study else paths
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def plot_study(rows: list[Row], path: Path) -> Path | None:
+    """Test macro-F1 and the lowest class recall against the sweep's first numeric key (the
+    share of the data, say), a line per value of the other swept keys (the strategy, say).
+    None when no swept key is numeric."""
+    scored = [r for r in rows if r.test_macro_f1 is not None]
+    keys = _swept_keys(scored)
+    x_key = next((k for k in keys if all(_number(r.swept[k]) is not None for r in scored)), None)
+    if x_key is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def label(row: Row) -> str:
+        return " ".join(f"{k}={row.swept[k]}" for k in keys if k != x_key) or "runs"
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    for name in dict.fromkeys(label(r) for r in scored):
+        line = sorted(
+            (r for r in scored if label(r) == name), key=lambda r: _number(r.swept[x_key])
+        )
+        xs = [_number(r.swept[x_key]) for r in line]
+        axes[0].plot(xs, [r.test_macro_f1 for r in line], "o-", label=name)
+        lowest = [min(r.test_recall.values(), default=float("nan")) for r in line]
+        axes[1].plot(xs, lowest, "o-", label=name)
+    axes[0].set(xlabel=x_key, ylabel="test macro-F1", title="test macro-F1")
+    axes[1].set(xlabel=x_key, ylabel="lowest class recall", title="the worst class's recall")
+    axes[1].axhline(0.0, color="grey", lw=0.5)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def report(client, runs, out_dir: Path) -> tuple[list[Row], list[Path]]:
