@@ -45,8 +45,9 @@ def train(
     output_dir: Path,
     overrides: list[str] | None = None,
     sweep_dir: str | None = None,
-) -> float:
-    """Train, validate every epoch, test the best weights; return the best val macro-F1."""
+) -> float | None:
+    """Train, validate every epoch, test the best weights; return the best val macro-F1 (None
+    for a dry run: no trial for a sweeper to score)."""
     validate(cfg)
     resume = checkpoint.load_resumable(cfg.resume) if cfg.resume else None
     if resume is not None:
@@ -56,7 +57,7 @@ def train(
         if cfg.dry_run:
             show_plan(plan, None)
             log.info("Dry run: nothing trained")
-            return float("nan")
+            return None
         if dist.is_main:
             ensure_experiment(tracking_uri(cfg), cfg.experiment_name)  # a bad store fails first
         datasets = prepare_data(cfg, dist)
