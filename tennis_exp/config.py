@@ -34,6 +34,30 @@ THETIS_ACTIONS = {
     "flat_service": "Serve",
 }
 THETIS_EXCLUDED = ["backhand2hands", "kick_service", "slice_service"]
+# The users' badminton stroke folders (ShuttleSet) and their events: what the synthetic
+# badminton twin writes; conf/data/badminton.yaml gives the trainer the same mapping.
+BADMINTON_ACTIONS = {
+    **dict.fromkeys(["smash", "wrist_smash"], "Smash"),
+    **dict.fromkeys(
+        ["netplay", "net_shot", "return_net", "rush", "push", "cross_court_net_shot"], "Net Play"
+    ),
+    **dict.fromkeys(
+        [
+            "rally",
+            "clear",
+            "lob",
+            "defensive_return_lob",
+            "drive",
+            "driven_flight",
+            "back_court_drive",
+            "defensive_return_drive",
+            "drop",
+            "passive_drop",
+        ],
+        "Rally",
+    ),  # fmt: skip
+    **dict.fromkeys(["serve", "short_service", "long_service"], "Serve"),
+}
 
 
 class Strategy(Enum):
@@ -89,12 +113,21 @@ class SyntheticPreset(Enum):
         return self.value
 
 
+class Sport(Enum):
+    tennis = "tennis"  # THETIS's action folders, a ball, tennis courts
+    badminton = "badminton"  # the users' stroke folders, a shuttle, badminton halls
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class SyntheticConfig:
     # Generate the synthetic twin into data.root (once per settings); the other keys then apply.
     generate: bool = False
     preset: SyntheticPreset = SyntheticPreset.small
     seed: int = 0
+    sport: Sport = Sport.tennis
 
 
 @dataclass

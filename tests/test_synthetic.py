@@ -1,4 +1,5 @@
-"""The synthetic twin: layout, exact window counts, determinism, regeneration, motion signal."""
+"""The synthetic twin: layout, exact window counts, determinism, regeneration, motion signal,
+order signal."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
-from tennis_exp.config import EVENTS, THETIS_ACTIONS, THETIS_EXCLUDED
+from tennis_exp.config import BADMINTON_ACTIONS, EVENTS, THETIS_ACTIONS, THETIS_EXCLUDED
 from tennis_exp.data import synthetic
 from tennis_exp.data.synthetic import ensure_synthetic, expected_windows
 from tennis_exp.errors import UserError
 
 SPLITS = ("train", "val", "test")
 STRIDES = {"train": 8, "val": 16, "test": 16}
+SPORTS = ("tennis", "badminton")
 SIZE = 32  # small images keep the file fast; rendering scales with the image size
 
 
@@ -142,7 +145,7 @@ def test_deterministic_by_seed(tiny: Path, tmp_path: Path, monkeypatch):
     # Another seed renders the same plan differently; a few videos show it.
     for index, video in enumerate(synthetic.plan("tiny")["val"][:5]):
         (tmp_path / "other" / video.action).mkdir(parents=True, exist_ok=True)
-        synthetic._write_video((tmp_path / "other", 1, index, video, 1, SIZE))
+        synthetic._write_video((tmp_path / "other", 1, index, video, 1, SIZE, "tennis"))
     other = digest(tmp_path / "other")
     assert len(other) > 50
     assert all(value != first[f"val/{name}"] for name, value in other.items())
@@ -233,12 +236,15 @@ def test_motion_separates_events_single_frames_do_not():
 
 
 def _motion_features(track: np.ndarray) -> list[float]:
-    """Phase-free statistics of a ball track (T, 2) in pixels, NaN where out of play."""
+    """Phase-free statistics of a ball track (T, 2) in pixels, NaN where out of play, and where
+    in its longest flight the ball is lowest on screen: a rally ball bounces early in it, before
+    the racket meets it, a volley late, after."""
     seen = ~np.isnan(track[:, 0])
     step = np.diff(track, axis=0)[seen[1:] & seen[:-1]]
     if len(step) == 0:
         step = np.zeros((1, 2))
     moving = np.sign(step[np.abs(step[:, 1]) > 0.7, 1])
+    longest = max(_flights(track, whole=False), key=len, default=np.zeros(2))
     return [
         seen.mean(),
         np.mean(step[:, 1] < -0.7),  # rising on screen
@@ -247,7 +253,47 @@ def _motion_features(track: np.ndarray) -> list[float]:
         np.abs(step[:, 0]).mean(),
         np.count_nonzero(np.diff(moving)),  # turns: toss apex, bounce, hit
         np.nanmin(track[:, 1]) if seen.any() else 64.0,  # highest point on screen
+        np.argmax(longest) / (len(longest) - 1),
     ]
+
+
+def _flights(track: np.ndarray, whole: bool = True) -> list[np.ndarray]:
+    """The screen heights (pixel rows) of the ball over each run of frames with it in sight, at
+    least 2 frames long; `whole`: only runs that the track's ends do not cut."""
+    seen = ~np.isnan(track[:, 1])
+    edges = np.flatnonzero(np.diff(np.r_[0, seen.astype(int), 0]))
+    return [
+        track[a:b, 1]
+        for a, b in zip(edges[::2], edges[1::2], strict=True)
+        if b - a >= 2 and (not whole or (a > 0 and b < len(track)))
+    ]
+
+
+def test_a_volley_is_a_rally_stroke_played_backwards():
+    """Net Play shows Rally's frames in the reverse order, a little nearer the net: their order
+    tells them apart, where a frame is taken only weakly.
+
+    From the same random stream, a volley clip's ball is where the rally clip's is, frame for
+    frame backwards (up to the camera shake, drawn in playing order, and the volley's spot 0.1
+    nearer the net). The order differs: the ball is lowest on screen, bouncing, early in a rally
+    flight, before the racket meets it, and late in a volley's.
+    """
+    bounce_at = {"Rally": [], "Net Play": []}
+    for k in range(12):
+        clips = {
+            event: synthetic._render_video(
+                event, "forehand_flat", 48, 64, np.random.default_rng([5, k]), synthetic._cast(0)
+            )
+            for event in bounce_at
+        }
+        rally_ball, volley_ball = clips["Rally"][1], clips["Net Play"][1]
+        both = ~np.isnan(volley_ball[:, 0]) & ~np.isnan(rally_ball[::-1, 0])
+        # The ball can leave the image in one clip and not the other only at its edges.
+        assert np.mean(both) > 0.9 * np.mean(~np.isnan(volley_ball[:, 0]))
+        assert np.abs(volley_ball[both] - rally_ball[::-1][both]).max() <= 6
+        for event, (_, ball) in clips.items():
+            bounce_at[event] += [np.argmax(f) / (len(f) - 1) for f in _flights(ball) if len(f) > 4]
+    assert np.mean(bounce_at["Rally"]) < 0.45 < 0.55 < np.mean(bounce_at["Net Play"])
 
 
 def _nearest_centroid(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> float:
@@ -258,3 +304,53 @@ def _nearest_centroid(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> float:
     test = fold == 1
     guess = np.argmin(((x[test, None] - centroids[None]) ** 2).sum(axis=-1), axis=1)
     return float(np.mean(guess == y[test]))
+
+
+def test_the_badminton_twin_has_the_users_stroke_folders_and_counts(tmp_path: Path):
+    root = tmp_path / "badminton"
+    assert ensure_synthetic(root, "tiny", seed=0, image_size=SIZE, sport="badminton")
+    lengths = video_lengths(root)
+    for split in SPLITS:
+        assert set(lengths[split]) <= set(BADMINTON_ACTIONS)  # nothing excluded, no THETIS name
+        counts = dict.fromkeys(EVENTS, 0)
+        for action, videos in lengths[split].items():
+            counts[BADMINTON_ACTIONS[action]] += sum(windows(n, STRIDES[split]) for n in videos)
+        assert counts == expected_windows("tiny")[split]
+    marker = json.loads((root / ".synthetic.json").read_text())
+    assert marker["sport"] == "badminton"
+    # The same settings but the other sport is another dataset.
+    assert ensure_synthetic(root, "tiny", seed=0, image_size=SIZE, sport="tennis")
+    assert set(video_lengths(root)["train"]) <= set(THETIS_ACTIONS) | set(THETIS_EXCLUDED)
+
+
+def test_the_badminton_mapping_is_data_badmintons():
+    conf = Path(__file__).parents[1] / "conf" / "data" / "badminton.yaml"
+    assert yaml.safe_load(conf.read_text())["actions"] == BADMINTON_ACTIONS
+
+
+def _incoming_heights(sport: str, event: str, seed: int) -> np.ndarray:
+    """The ball's height over the frames before a contact, from the sport's flight model, with
+    the hand and racket where a player 0.28 tall holds them (shoulder at 0.22)."""
+    cam = synthetic._Camera(f=1.2, cy=0.6, x=0.0, d=-0.5, height=0.2)
+    table = synthetic._SPORTS[sport]
+    contact = np.radians(table.swing[event][0][0][1])  # the racket's angle at the hit
+    hit = nxt = np.array([0.05, 0.2, 0.22 + 0.17 * np.sin(contact)])
+
+    def hand(tau, angle):  # the free hand, at the end of an arm 0.084 long
+        spot = np.array([-0.05, 0.21, 0.22 + 0.084 * np.sin(np.radians(angle))])
+        return spot if np.ndim(tau) == 0 else np.tile(spot, (np.count_nonzero(tau), 1))
+
+    path, _ = table.flight(event, cam, 14, 4, 9, hit, nxt, hand, np.random.default_rng(seed))
+    heights = path[-9:, 2]
+    return heights[~np.isnan(heights)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_shuttle_never_bounces_and_a_badminton_serve_is_dropped_not_tossed(seed):
+    tennis_rally, shuttle_rally = (_incoming_heights(s, "Rally", seed) for s in SPORTS)
+    tennis_serve, shuttle_serve = (_incoming_heights(s, "Serve", seed) for s in SPORTS)
+    low = np.argmin(tennis_rally)  # bounces on the court: falls, then rises to the racket
+    assert 0 < low < len(tennis_rally) - 1 and tennis_rally[-1] > tennis_rally[low] + 0.05
+    assert tennis_serve.max() > tennis_serve[0] + 0.02  # the toss rises from the hand
+    for heights in (shuttle_rally, shuttle_serve):
+        assert np.all(np.diff(heights) <= 1e-9) and heights.min() > 0  # only falls

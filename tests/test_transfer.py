@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tennis_exp.config import validate
+from tennis_exp.config import BADMINTON_ACTIONS, validate
 from tennis_exp.data.frames import build_datasets, fraction_of
 from tennis_exp.engine import checkpoint
 from tennis_exp.engine import train as train_module
@@ -132,3 +132,42 @@ def test_staged_unfreezing_under_ddp(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "epoch 2: the backbone is unfrozen" in out.stdout
+
+
+def test_the_transfer_study_runs_on_the_synthetic_twins(tmp_path):
+    """A tennis model on the tennis twin, then the study's sweep on the badminton twin: each
+    strategy and share of the data a nested run, compared by the keys the sweep varied, with
+    each class's test recall."""
+    store = f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    tennis = run_cli(
+        ["debug=smoke", f"data.root={tmp_path / 'tennis'}", cache, store,
+         f"hydra.run.dir={tmp_path / 'tennis-run'}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert tennis.returncode == 0, tennis.stderr[-2000:]
+    study = run_cli(
+        ["--multirun", "experiment=badminton_scratch,badminton_staged",
+         "data.train_fraction=0.5,1.0", "data=synthetic_badminton", "model=small_cnn",
+         f"transfer_from={tmp_path / 'tennis-run' / 'checkpoints' / 'best.pth'}",
+         "debug=smoke", "training.epochs=2",
+         # The sweep's own run must be where its jobs' runs are: in the presets' experiment.
+         "experiment_name=badminton_transfer",
+         f"data.root={tmp_path / 'badminton'}", cache, store,
+         f"hydra.sweep.dir={tmp_path / 'study'}"],
+        cwd=tmp_path,
+        timeout=600,
+    )  # fmt: skip
+    assert study.returncode == 0, study.stderr[-2000:]
+    header, *rows = (tmp_path / "study" / "comparison" / "comparison.csv").read_text().splitlines()
+    assert header.endswith(
+        "recall_net_play,recall_rally,recall_serve,recall_smash,experiment,data.train_fraction"
+    )
+    assert sorted(row.split(",")[-2:] for row in rows) == [
+        ["badminton_scratch", "0.5"], ["badminton_scratch", "1.0"],
+        ["badminton_staged", "0.5"], ["badminton_staged", "1.0"],
+    ]  # fmt: skip
+    assert all(",FINISHED," in row for row in rows)
+    assert (tmp_path / "study" / "comparison" / "study.png").stat().st_size > 0
+    # The badminton twin's own folders were read: the stroke names of data=badminton.
+    assert {p.name for p in (tmp_path / "badminton" / "train").iterdir()} <= set(BADMINTON_ACTIONS)

@@ -20,7 +20,6 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -451,12 +450,13 @@ def _dataset_root(data_cfg) -> Path:
     if data_cfg.synthetic.generate:
         from tennis_exp.data.synthetic import ensure_synthetic
 
-        preset = data_cfg.synthetic.preset
+        synthetic = data_cfg.synthetic
         ensure_synthetic(
             root,
-            preset=preset.value if isinstance(preset, Enum) else str(preset),
-            seed=data_cfg.synthetic.seed,
+            preset=str(synthetic.preset),
+            seed=synthetic.seed,
             image_size=data_cfg.image_size,
+            sport=str(synthetic.sport),
         )
     _check_root(root)
     return root

@@ -5,7 +5,13 @@ The layout is the real one, ``<root>/{train,val,test}/<action>/<video>/frame_%04
 from behind, framed large as in THETIS, repeating shots of one event: the event shows in the
 ball's path and the swing over time, while a shared ready pose and the nuisances (overlapping
 court positions, scale, mirroring, camera shake, lighting, noise, occluders, a stray ball) keep
-any single frame a weak cue.
+any single frame a weak cue. A volley is a rally stroke played backwards, a little nearer the
+net: the same frames in another order, so that a model that does not see their order has only
+the player's spot to tell Net Play from Rally.
+
+``sport="badminton"`` is the badminton twin, with the users' stroke folders: a white shuttle
+that slows in flight and never bounces, a high net and short service lines on an indoor court,
+an underhand serve and overhead clears; the same four events, the same window counts.
 """
 
 from __future__ import annotations
@@ -21,12 +27,12 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
 
-from tennis_exp.config import EVENTS, THETIS_ACTIONS, THETIS_EXCLUDED
+from tennis_exp.config import BADMINTON_ACTIONS, EVENTS, THETIS_ACTIONS, THETIS_EXCLUDED
 from tennis_exp.errors import UserError
 from tennis_exp.files import write_text
 
@@ -36,7 +42,7 @@ except ImportError:  # Windows: no advisory locks, concurrent generators are the
     fcntl = None
 
 # Bump whenever the output for given settings changes, so existing datasets are regenerated.
-_GENERATOR_VERSION = 2
+_GENERATOR_VERSION = 3
 _MARKER = ".synthetic.json"
 _SPLITS = ("train", "val", "test")
 _WINDOW = 16
@@ -67,13 +73,6 @@ _LENGTHS = {"full": (56, 120), "small": (16, 27), "tiny": (24, 40)}
 # Per split: videos per excluded action, and videos shorter than a window (both yield no windows).
 _EXTRAS = {"full": (2, 3), "small": (1, 2), "tiny": (1, 1)}
 _PLAN_SEED = 20240611
-# Excluded actions still look like the event they resemble, so only the folder name excludes them.
-_LOOKS_LIKE = {
-    **THETIS_ACTIONS,
-    "backhand2hands": "Rally",
-    "kick_service": "Serve",
-    "slice_service": "Serve",
-}
 # Below this many frames a process pool costs more than it saves.
 _POOL_MIN_FRAMES = 4000
 
@@ -97,7 +96,9 @@ def expected_windows(preset: str) -> dict[str, dict[str, int]]:
     return {split: dict(counts) for split, counts in _TARGETS[preset].items()}
 
 
-def ensure_synthetic(root: Path, preset: str, seed: int, image_size: int) -> bool:
+def ensure_synthetic(
+    root: Path, preset: str, seed: int, image_size: int, sport: str = "tennis"
+) -> bool:
     """Generate the dataset into `root` unless it already holds one made with the same settings.
 
     Returns True if it generated. The marker ``root/.synthetic.json`` (settings and generator
@@ -110,6 +111,7 @@ def ensure_synthetic(root: Path, preset: str, seed: int, image_size: int) -> boo
     root = Path(root)
     settings = {
         "generator_version": _GENERATOR_VERSION,
+        "sport": sport,
         "preset": preset,
         "seed": seed,
         "image_size": image_size,
@@ -133,7 +135,7 @@ def ensure_synthetic(root: Path, preset: str, seed: int, image_size: int) -> boo
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=root.parent))
         try:
-            _generate(tmp, preset, seed, image_size)
+            _generate(tmp, preset, seed, image_size, sport)
             _install(tmp, root, settings)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -187,9 +189,11 @@ def _write_marker(folder: Path, content: dict) -> None:
 # Plan: which videos each split holds and how long they are (independent of the seed).
 
 
-def plan(preset: str) -> dict[str, list[Video]]:
+def plan(preset: str, sport: str = "tennis") -> dict[str, list[Video]]:
     """split -> videos (name, action folder, frame count), including excluded and short ones."""
     _check_preset(preset)
+    looks_like = _SPORTS[sport].looks_like
+    excluded = [a for a in looks_like if a not in _SPORTS[sport].actions]
     rng = np.random.default_rng([_PLAN_SEED, sorted(_TARGETS).index(preset)])
     low, high = _LENGTHS[preset]
     per_excluded, short = _EXTRAS[preset]
@@ -198,7 +202,7 @@ def plan(preset: str) -> dict[str, list[Video]]:
         stride = _STRIDES[split]
         videos: list[tuple[str, int]] = []
         for event in EVENTS:
-            actions = [a for a, e in THETIS_ACTIONS.items() if e == event]
+            actions = [a for a, e in _SPORTS[sport].actions.items() if e == event]
             offset = int(rng.integers(len(actions)))
             remaining = _TARGETS[preset][split][event]
             while remaining > 0:
@@ -208,9 +212,9 @@ def plan(preset: str) -> dict[str, list[Video]]:
                     length = _WINDOW + (remaining - 1) * stride + int(rng.integers(stride))
                 remaining -= _windows(length, stride)
                 videos.append((actions[(len(videos) + offset) % len(actions)], length))
-        for action in THETIS_EXCLUDED:
+        for action in excluded:
             videos += [(action, int(rng.integers(low, high + 1))) for _ in range(per_excluded)]
-        regular = list(THETIS_ACTIONS)
+        regular = list(_SPORTS[sport].actions)
         videos += [
             (regular[int(rng.integers(len(regular)))], int(rng.integers(6, _WINDOW)))
             for _ in range(short)
@@ -227,12 +231,12 @@ def plan(preset: str) -> dict[str, list[Video]]:
 # Generation.
 
 
-def _generate(out: Path, preset: str, seed: int, image_size: int) -> None:
+def _generate(out: Path, preset: str, seed: int, image_size: int, sport: str) -> None:
     tasks = []
-    for split_index, (split, videos) in enumerate(plan(preset).items()):
+    for split_index, (split, videos) in enumerate(plan(preset, sport).items()):
         for index, video in enumerate(videos):
             (out / split / video.action).mkdir(parents=True, exist_ok=True)
-            tasks.append((out / split, split_index, index, video, seed, image_size))
+            tasks.append((out / split, split_index, index, video, seed, image_size, sport))
     # Longest first balances the pool; each video has its own RNG, so order does not matter.
     tasks.sort(key=lambda task: -task[3].length)
     # Frames are small files: beyond a few processes the disk, not the CPU, is the limit.
@@ -254,19 +258,22 @@ def _usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def render_clip(video: Video, split_index: int, index: int, seed: int, image_size: int):
+def render_clip(
+    video: Video, split_index: int, index: int, seed: int, image_size: int, sport: str = "tennis"
+):
     """The frames (T, S, S, 3) uint8 of the `index`-th planned video of a split, the same
     whatever process renders it (each video has its own random stream)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed % 2**64, split_index, index]))
+    event = _SPORTS[sport].looks_like[video.action]
     frames, _ = _render_video(
-        _LOOKS_LIKE[video.action], video.action, video.length, image_size, rng, _cast(seed)
+        event, video.action, video.length, image_size, rng, _cast(seed, sport)
     )
     return frames
 
 
 def _write_video(task: tuple) -> None:
-    split_dir, split_index, index, video, seed, image_size = task
-    frames = render_clip(video, split_index, index, seed, image_size)
+    split_dir, split_index, index, video, seed, image_size, sport = task
+    frames = render_clip(video, split_index, index, seed, image_size, sport)
     folder = split_dir / video.action / video.name
     folder.mkdir()
     for t, frame in enumerate(frames, start=1):
@@ -279,36 +286,61 @@ def _write_video(task: tuple) -> None:
 # stands behind the player at chest height and frames him large; image coordinates u (right)
 # and v (down) are fractions of the image size.
 
-_HALF_WIDTH = 0.46  # doubles sideline
-_SINGLES = 0.346
-_SERVICE = 0.538  # service line distance from the net
-_NET_H = 0.077
+
+class _Lines(NamedTuple):
+    """A court's lines and net, in court units."""
+
+    half_width: float  # doubles sideline
+    singles: float  # singles sideline
+    service: float  # service line distance from the net
+    net_h: float
+
+
+_TENNIS_COURT = _Lines(0.46, 0.346, 0.538, 0.077)
+# 13.4 x 6.1 m, the short service line 1.98 m from the net, the net 1.55 m high.
+_BADMINTON_COURT = _Lines(0.455, 0.387, 0.296, 0.23)
 _PLAYER_H = 0.28  # a cartoon player, much taller than life so the swing is visible at 64 px
 _SHOULDER = (0.15, -0.78)  # racket-side shoulder, in player heights from the feet (y down)
 _ARM, _RACKET = 0.3, 0.32  # arm length and hand-to-racket-head-centre length, player heights
 # Ball radius in player heights: a cartoon ball 5-6 px across at 64 px, as the player is drawn
 # taller than life; a 2-3 px ball faded out in the small CNN's stride-2 convolutions.
 _BALL_R = 0.09
+_SHUTTLE_R = 0.075
+
+# A volley is a rally stroke played backwards (from a spot a little nearer the net), so the
+# same frames show either and their order tells the two apart: the ball meets the racket before it bounces instead of after, the
+# racket swings high to low instead of low to high, and the player closes in on the net instead
+# of being pushed back from it.
+_PLAYED_BACKWARDS = {"Net Play": "Rally"}
 
 # Per event: player depth range (overlapping, so position alone is a weak cue; wider ranges
 # made the small preset unlearnable), frames of the outgoing ball and of the incoming ball.
 _EVENT_TIMING = {
     "Serve": {"depth": (-0.1, 0.3), "n_out": (4, 5), "n_in": (7, 10)},
     "Smash": {"depth": (0.05, 0.45), "n_out": (3, 4), "n_in": (8, 10)},
-    "Net Play": {"depth": (0.15, 0.5), "n_out": (3, 5), "n_in": (4, 6)},
-    "Rally": {"depth": (-0.1, 0.35), "n_out": (5, 7), "n_in": (7, 9)},
+    "Rally": {"depth": (-0.1, 0.5), "n_out": (5, 7), "n_in": (7, 9)},
 }
+# Top speed of the rally player's retreat, in court units a frame (a volleyer's approach).
+_DRIFT = 0.02
 
 # Racket-arm angle keyframes in degrees (0 = out to the racket side, 90 = straight up), as
 # (frames after the contact, angle) and (frames before the next contact, angle). Between shots
 # every event rests in the same ready pose (racket low in front, -60), so most single frames
-# look alike; the swings are short, and overhead (serve, smash) or low (volley, groundstroke)
-# in pairs. Unwrapped, so each swing turns the intended way.
+# look alike; the swings are short, overhead for serve and smash. The rally stroke goes low to
+# high: the racket drops, meets the ball low in front, rises over the other shoulder and falls
+# back to the ready pose down the other side. Unwrapped, so each swing turns the intended way.
 _SWING = {
     "Serve": ([(0, 85), (3, 230), (5, 300)], [(5, 300), (3, 370), (1, 420), (0, 445)]),
     "Smash": ([(0, 95), (3, 230), (5, 300)], [(5, 300), (3, 500), (0, 455)]),
-    "Net Play": ([(0, -20), (2, -45), (4, -60)], [(4, -60), (2, 0), (0, -20)]),
-    "Rally": ([(0, -35), (4, -250), (6, -420)], [(5, -420), (3, -340), (0, -395)]),
+    "Rally": ([(0, -30), (2, 45), (4, 120), (7, 300)], [(5, 300), (3, 250), (0, 330)]),
+}
+
+# The badminton twin: the serve is underhand (racket low in front, swung up through the
+# shuttle), the rally stroke an overhead clear hit standing, the smash as in tennis.
+_BADMINTON_SWING = {
+    "Serve": ([(0, -40), (2, 10), (4, 40), (6, -60)], [(5, -60), (3, -110), (1, -80), (0, -40)]),
+    "Smash": _SWING["Smash"],
+    "Rally": ([(0, 105), (3, 210), (5, 290)], [(5, 290), (3, 390), (1, 440), (0, 465)]),
 }
 
 _COURTS = [  # (court, surround, back wall) RGB: hard blue, hard green, clay
@@ -329,7 +361,13 @@ _CLOTHES = [
 _RACKETS = [(200, 30, 30), (20, 20, 20), (30, 60, 200), (240, 120, 20)]
 _SKINS = [(235, 195, 160), (200, 150, 110), (140, 95, 65), (90, 60, 40)]
 _HAIR = [(30, 25, 20), (90, 60, 30), (200, 170, 100), (60, 60, 60)]
+_HALLS = [  # (court, surround, back wall) RGB: green mat, wooden floor, blue mat, indoors
+    ((45, 120, 75), (150, 110, 70), (40, 40, 50)),
+    ((190, 140, 90), (120, 85, 55), (55, 45, 40)),
+    ((60, 90, 120), (70, 70, 75), (30, 30, 45)),
+]
 _BALL = (215, 240, 60)
+_SHUTTLE = (250, 250, 245)
 # As in THETIS, a few players on a few courts perform every action: appearance is shared across
 # events, so a model cannot learn events by remembering what each video looks like.
 _PLAYERS = 8
@@ -338,10 +376,11 @@ _PLAYERS = 8
 class _Cast(NamedTuple):
     players: list[dict[str, tuple]]  # colour of each body part
     venues: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # court, surround, back wall
+    sport: _Sport
 
 
 @functools.lru_cache(maxsize=4)
-def _cast(seed: int) -> _Cast:
+def _cast(seed: int, sport: str = "tennis") -> _Cast:
     rng = np.random.default_rng(np.random.SeedSequence([seed % 2**64, 0xCA57]))
     players = [
         {
@@ -360,9 +399,9 @@ def _cast(seed: int) -> _Cast:
         tuple(
             np.array(c, np.float32) * rng.uniform(0.85, 1.15, 3).astype(np.float32) for c in court
         )
-        for court in _COURTS
+        for court in _SPORTS[sport].venues
     ]
-    return _Cast(players, venues)
+    return _Cast(players, venues, _SPORTS[sport])
 
 
 class _Camera(NamedTuple):
@@ -386,9 +425,12 @@ def _render_video(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frames (T, S, S, 3) uint8 and the ball's pixel centre per frame (T, 2), NaN when hidden."""
     s_img = image_size
+    backwards = event in _PLAYED_BACKWARDS
+    event = _PLAYED_BACKWARDS.get(event, event)
     timing = _EVENT_TIMING[event]
     side = -1.0 if action.startswith("backhand") else 1.0
-    x0, d0 = rng.uniform(-0.3, 0.3), rng.uniform(*timing["depth"])
+    # A volley is played nearer the net: where a frame is taken is a weak cue of its own.
+    x0, d0 = rng.uniform(-0.3, 0.3), rng.uniform(*timing["depth"]) + (0.1 if backwards else 0.0)
     # Framing per video: player height (the scale jitter), feet row, left-right place, camera
     # height; the camera's court position follows from them.
     tall, feet, across, eye = (
@@ -408,15 +450,23 @@ def _render_video(
     )
     shake = max(1, round(s_img / 64))
     margin = 2 * shake + 1
-    court = _court(cam, s_img, margin, cast.venues[rng.integers(len(cast.venues))], rng)
+    sport = cast.sport
+    venue = cast.venues[rng.integers(len(cast.venues))]
+    court = _court(cam, s_img, margin, venue, sport, rng)
 
-    # Player: a slow sway around his spot. Arrays cover the video plus the shots just before
-    # and after it (row = frame + pad).
+    # Player: a slow sway around his spot, across more than in depth, where the rally player
+    # steadily retreats to it (at most 0.3 court units over the video, from where he still looks
+    # large).
+    # Arrays cover the video plus the shots just before and after it (row = frame + pad).
     pad = 20
     rows_all = np.arange(length + 2 * pad + 20)
-    sway, freq, phase = rng.uniform(0.01, 0.05, 2), rng.uniform(0.05, 0.15, 2), rng.uniform(0, 7, 2)
+    sway = rng.uniform(0.01, 0.05), rng.uniform(0.005, 0.02)
+    freq, phase = rng.uniform(0.05, 0.15, 2), rng.uniform(0, 7, 2)
+    drift = min(_DRIFT * rng.uniform(0.6, 1), 0.3 / length) if event == "Rally" else 0.0
     px = x0 + sway[0] * np.sin(freq[0] * rows_all + phase[0])
-    pd = d0 + sway[1] * np.sin(freq[1] * rows_all + phase[1])
+    pd = (
+        d0 + sway[1] * np.sin(freq[1] * rows_all + phase[1]) - drift * (rows_all - pad - length + 1)
+    )
     size = cam.f * _PLAYER_H / (pd - cam.d)  # image fractions
 
     def limb(rows, angle, arm_side, reach, ahead):
@@ -442,7 +492,7 @@ def _render_video(
             lift[c + k] = rng.uniform(0.12, 0.2) * (1 - (k / 3.5) ** 2)
     # Per-video style: the swing's key poses turned a little; the contact and ready poses keep
     # one turn each, as they end one swing and start the next.
-    after, before = _SWING[event]
+    after, before = sport.swing[event]
     shift = rng.uniform(-15, 15, len(after) + len(before) - 2)
     shift_before = [shift[len(after) - 1], *shift[len(after) :], shift[0]]
     after = [(k, a + d) for (k, a), d in zip(after, shift, strict=False)]
@@ -461,7 +511,7 @@ def _render_video(
         racket_angle[rows] = np.interp(tau, *zip(*keys, strict=True))
         nxt = limb(c_to, after[0][1], side, _ARM + _RACKET, 0.03)
         hand = lambda tau, angle, rows=rows: limb(rows[tau], angle, -side, _ARM, 0.01)  # noqa: E731
-        path, free = _ball_path(event, action, cam, n, n_out, n_in, hit, nxt, hand, rng)
+        path, free = sport.flight(event, cam, n, n_out, n_in, hit, nxt, hand, rng)
         free_angle[rows] = free
         if event == "Serve":
             # Until the toss, the ball rests in the tossing hand.
@@ -469,7 +519,7 @@ def _render_video(
             path[hold] = hand(hold, free[hold])
         ball[rows] = path
         hit = nxt
-    keep = slice(pad, pad + length)
+    keep = slice(pad + length - 1, pad - 1, -1) if backwards else slice(pad, pad + length)
     racket_angle, free_angle, ball = racket_angle[keep], free_angle[keep], ball[keep]
     px, pd, size, lift = px[keep], pd[keep], size[keep], lift[keep]
 
@@ -480,9 +530,11 @@ def _render_video(
     bu, bv = np.nan_to_num(bu) * s_img + margin, np.nan_to_num(bv) * s_img + margin
     depth = np.where(visible, ball[:, 1], pd)
     # At least 3 px across (at 64 px) when far away.
-    radius = np.maximum(1.5 * s_img / 64, _BALL_R * cam.f * _PLAYER_H * s_img / (depth - cam.d))
+    radius = np.maximum(
+        1.5 * s_img / 64, sport.ball_r * cam.f * _PLAYER_H * s_img / (depth - cam.d)
+    )
     behind = visible & (depth > pd + 0.02)
-    _draw_ball(canvas, bu, bv, radius, behind)
+    _draw_ball(canvas, bu, bv, radius, behind, sport.ball)
     fu, fv = cam.project(px, pd, 0.0)
     colours = cast.players[rng.integers(_PLAYERS)]
     _draw_player(
@@ -496,7 +548,7 @@ def _render_video(
         rng.uniform(0.1, 0.18),
         colours,
     )
-    _draw_ball(canvas, bu, bv, radius, visible & ~behind)
+    _draw_ball(canvas, bu, bv, radius, visible & ~behind, sport.ball)
 
     # Camera shake: each frame is cut from the canvas at a slightly different offset.
     dy, dx = rng.choice([-2, -1, 0, 1, 2], p=[0.05, 0.2, 0.5, 0.2, 0.05], size=(2, length))
@@ -524,19 +576,31 @@ def _render_video(
     return np.ascontiguousarray(frames.transpose(1, 2, 3, 0)), centre
 
 
-def _ball_path(event, action, cam, n, n_out, n_in, hit, nxt, hand, rng):
+def _lerp(a, b, w):
+    return a + (b - a) * w
+
+
+def _arc(w, top):
+    """A parabola over w in [0, 1], 0 at both ends and `top` in the middle."""
+    return top * 4 * w * (1 - w)
+
+
+def _phases(n: int, n_out: int, n_in: int):
+    """Frames since a contact (n), the outgoing ones (mask, progress in [0, 1) as a column)
+    and the incoming ones before the next contact (mask, progress in [0, 1))."""
+    tau = np.arange(n)
+    out = tau < n_out
+    inc = n - tau <= n_in
+    return tau, out, (tau[out] / n_out)[:, None], inc, (1 - (n - tau[inc]) / n_in)[:, None]
+
+
+def _ball_path(event, cam, n, n_out, n_in, hit, nxt, hand, rng):
     """World positions (n, 3) of the ball from one contact to the frame before the next (NaN
     while out of play) and the free arm's angle over those frames; `hand(tau, angle)` is where
     the free hand is tau frames after the contact."""
-    tau = np.arange(n)
+    tau, out, s, inc, r = _phases(n, n_out, n_in)
     path = np.full((n, 3), np.nan)
-    out = tau < n_out
-    s = (tau[out] / n_out)[:, None]
-    rem = n - tau
-    inc = rem <= n_in
-    r = (1 - rem[inc] / n_in)[:, None]
-    lerp = lambda a, b, w: a + (b - a) * w  # noqa: E731
-    arc = lambda w, top: top * 4 * w * (1 - w)  # noqa: E731
+    lerp, arc = _lerp, _arc
     x, d, h = nxt
     if event == "Serve":
         # Out: fast and flat into the far service box.
@@ -569,26 +633,13 @@ def _ball_path(event, action, cam, n, n_out, n_in, hit, nxt, hand, rng):
         path[inc, 2] = lerp(start[2], h, fall[:, 0])
         # Free arm points up at the lob.
         free = np.interp(tau, [0, 3, n - n_in, n], [60, -60, 70, 60])
-    elif event == "Net Play":
-        # Out: punched back flat.
-        target = np.array(
-            [hit[0] + rng.uniform(-0.35, 0.35), rng.uniform(1.7, 2.1), rng.uniform(0.03, 0.08)]
-        )
-        path[out] = lerp(hit, target, s)
-        # In: a fast flat ball at body height, no bounce.
-        start = np.array(
-            [x + rng.uniform(-0.3, 0.3), rng.uniform(1.8, 2.2), h + rng.uniform(0.0, 0.04)]
-        )
-        path[inc] = lerp(start, nxt, r)
-        # Free arm up to the side to balance while the ball comes.
-        free = np.interp(tau, [0, 3, n - n_in, n], [-110, -100, -30, 0])
     else:  # Rally
         # Out: a long arc back over the net.
         target = np.array(
             [hit[0] + rng.uniform(-0.35, 0.35), rng.uniform(1.6, 2.0), rng.uniform(0.08, 0.14)]
         )
         path[out] = lerp(hit, target, s)
-        path[out, 2] += arc(s[:, 0], 0.05 if action.endswith("slice") else 0.12)
+        path[out, 2] += arc(s[:, 0], rng.uniform(0.05, 0.12))
         # In: comes over the net, bounces in front of the player (a V in height), rises to him.
         start = np.array(
             [x + rng.uniform(-0.35, 0.35), rng.uniform(1.5, 1.9), rng.uniform(0.1, 0.16)]
@@ -602,16 +653,99 @@ def _ball_path(event, action, cam, n, n_out, n_in, hit, nxt, hand, rng):
         second = lerp(bounce, nxt, w2)
         second[:, 2] += arc(w2[:, 0], rng.uniform(0.02, 0.05))
         path[inc] = np.where(r < at, first, second)
-        # Free arm pointing at the coming ball, as coaches teach: an arm up is not overhead-only.
-        free = np.interp(tau, [0, 4, n - n_in, n], [-160, -120, 45, 20])
+        # Free arm pointing at the coming ball, as coaches teach (an arm up is not overhead-only),
+        # then swung across with the stroke.
+        free = np.interp(tau, [0, 4, n - n_in, n - 2, n], [-160, -120, 45, 20, -160])
     return path, free
 
 
+def _shuttle_path(event, cam, n, n_out, n_in, hit, nxt, hand, rng):
+    """As `_ball_path`, for a shuttle: it leaves fast and slows (drag), falls at a steady speed
+    at the end of a high shot, and never bounces."""
+    tau, out, s, inc, r = _phases(n, n_out, n_in)
+    path = np.full((n, 3), np.nan)
+    slowing = 1 - (1 - s) ** 2.5  # share of the outgoing flight covered
+    x, d, h = nxt
+    if event == "Serve":
+        # Out: a high serve, rising steeply towards the far back line.
+        target = np.array([hit[0] + rng.uniform(-0.2, 0.2), rng.uniform(1.6, 1.9), h + 0.5])
+        path[out] = _lerp(hit, target, slowing)
+        path[out, 2] += _arc(slowing[:, 0], rng.uniform(0.05, 0.15))
+        # In: held out in front until dropped, then falling onto the racket low in front.
+        drop = rng.uniform(0.45, 0.6)
+        start = hand(n - n_in, -20.0)
+        falling = r[:, 0] >= drop
+        w = ((r[falling] - drop) / (1 - drop)) ** 2
+        path[np.flatnonzero(inc)[falling]] = _lerp(start, nxt, w)
+        # Free arm: down after the hit, out in front holding the shuttle, down once it is let go.
+        free = np.interp(
+            tau, [0, n_out, n - n_in, n - n_in * (1 - drop), n], [-70, -70, -20, -20, -70]
+        )
+        return path, free
+    if event == "Smash":
+        # Out: straight down into the far court, fast.
+        target = np.array([hit[0] + rng.uniform(-0.3, 0.3), hit[1] + rng.uniform(0.4, 0.7), 0.0])
+        path[out] = _lerp(hit, target, 1 - (1 - s) ** 1.5)
+        z = d + rng.uniform(0.2, 0.5)
+    else:  # Rally: a clear, out high over the far court
+        target = np.array([hit[0] + rng.uniform(-0.3, 0.3), rng.uniform(1.7, 2.0), h + 0.7])
+        path[out] = _lerp(hit, target, slowing)
+        path[out, 2] += _arc(slowing[:, 0], rng.uniform(0.05, 0.1))
+        z = d + rng.uniform(0.5, 0.9)
+    # In: a high shot from the far side, falling from the top of the image at a steady speed as
+    # its way across slows.
+    start = np.array([x + rng.uniform(-0.15, 0.15), z, 0.0])
+    start[2] = cam.height + (cam.cy - rng.uniform(0.02, 0.1)) * (z - cam.d) / cam.f
+    path[inc] = _lerp(start, nxt, 1 - (1 - r) ** 2)
+    path[inc, 2] = _lerp(start[2], h, r[:, 0])
+    # Free arm points up at the shuttle.
+    free = np.interp(tau, [0, 3, n - n_in, n], [60, -60, 70, 60])
+    return path, free
+
+
+class _Sport(NamedTuple):
+    actions: dict[str, str]  # the action folders the trainer reads, and their events
+    looks_like: dict[str, str]  # every folder written (excluded ones too): the event it shows
+    venues: list  # (court, surround, back wall) RGB
+    lines: _Lines
+    swing: dict
+    flight: Any  # _ball_path or _shuttle_path
+    ball: tuple  # RGB
+    ball_r: float  # in player heights
+
+
+_SPORTS = {
+    "tennis": _Sport(
+        THETIS_ACTIONS,
+        # Excluded actions still look like the event they resemble: only the folder name
+        # excludes them.
+        {**THETIS_ACTIONS, **dict(zip(THETIS_EXCLUDED, ["Rally", "Serve", "Serve"], strict=True))},
+        _COURTS,
+        _TENNIS_COURT,
+        _SWING,
+        _ball_path,
+        _BALL,
+        _BALL_R,
+    ),
+    "badminton": _Sport(
+        BADMINTON_ACTIONS,
+        BADMINTON_ACTIONS,
+        _HALLS,
+        _BADMINTON_COURT,
+        _BADMINTON_SWING,
+        _shuttle_path,
+        _SHUTTLE,
+        _SHUTTLE_R,
+    ),
+}
+
+
 def _court(
-    cam: _Camera, s_img: int, margin: int, venue: tuple, rng: np.random.Generator
+    cam: _Camera, s_img: int, margin: int, venue: tuple, sport: _Sport, rng: np.random.Generator
 ) -> np.ndarray:
     """Background (3, C, C) float32: court, lines, net and back wall, with lighting gradient."""
     court, surround, wall = venue
+    half_width, singles, service, net_h = sport.lines
     size = s_img + 2 * margin
     pix = (np.arange(size, dtype=np.float32) - margin + 0.5) / s_img
     u, v = pix[None, :], pix[:, None]
@@ -620,7 +754,7 @@ def _court(
     d = z + cam.d
     x = cam.x + (u - 0.5) * z / cam.f
     wall_v = cam.project(0.0, 2.6, 0.0)[1]
-    inside = (np.abs(x) <= _HALF_WIDTH) & (d >= 0) & (d <= 2)
+    inside = (np.abs(x) <= half_width) & (d >= 0) & (d <= 2)
     image = np.where(inside[..., None], court, surround)
     image = np.where((v < wall_v)[..., None], wall, image)
     # Lines: distance to each line converted to pixels at that depth, anti-aliased.
@@ -629,27 +763,27 @@ def _court(
     width = 0.3
     alpha = np.zeros((size, size), np.float32)
     for d_line, half in [
-        (0, _HALF_WIDTH),
-        (2, _HALF_WIDTH),
-        (1 - _SERVICE, _SINGLES),
-        (1 + _SERVICE, _SINGLES),
+        (0, half_width),
+        (2, half_width),
+        (1 - service, singles),
+        (1 + service, singles),
     ]:
         near = np.clip(width + 0.5 - np.abs(d - d_line) * px_per_d, 0, 1)
         alpha = np.maximum(alpha, near * (np.abs(x) <= half))
     for x_line, (d_lo, d_hi) in [
-        (-_HALF_WIDTH, (0, 2)),
-        (_HALF_WIDTH, (0, 2)),
-        (-_SINGLES, (0, 2)),
-        (_SINGLES, (0, 2)),
-        (0, (1 - _SERVICE, 1 + _SERVICE)),
+        (-half_width, (0, 2)),
+        (half_width, (0, 2)),
+        (-singles, (0, 2)),
+        (singles, (0, 2)),
+        (0, (1 - service, 1 + service)),
     ]:
         near = np.clip(width + 0.5 - np.abs(x - x_line) * px_per_x, 0, 1)
         alpha = np.maximum(alpha, near * ((d >= d_lo) & (d <= d_hi)))
     alpha *= v > wall_v
     image += alpha[..., None] * (np.float32(235) - image)
     # Net: a dark see-through band across the court with a white tape on top.
-    net_top, net_bottom = cam.project(0.0, 1.0, _NET_H)[1], cam.project(0.0, 1.0, 0.0)[1]
-    span = np.abs(cam.unproject(u, v, 1.0)[0]) <= _HALF_WIDTH + 0.08
+    net_top, net_bottom = cam.project(0.0, 1.0, net_h)[1], cam.project(0.0, 1.0, 0.0)[1]
+    span = np.abs(cam.unproject(u, v, 1.0)[0]) <= half_width + 0.08
     band = np.clip(np.minimum(v - net_top, net_bottom - v) * s_img + 0.5, 0, 1) * span
     image += 0.6 * band[..., None] * (np.float32(25) - image)
     tape = np.clip(1 - np.abs(v - net_top) * s_img, 0, 1) * span
@@ -659,15 +793,15 @@ def _court(
         spot = rng.uniform(-0.6, 0.6), rng.uniform(cam.d + 0.4, 1.9)
         su, sv = cam.project(*spot, 0.0)
         r = np.hypot((u - su) * s_img, (v - sv) * s_img)
-        disc = np.clip(_BALL_R * cam.f * _PLAYER_H * s_img / (spot[1] - cam.d) + 0.5 - r, 0, 1)
-        image += disc[..., None] * (np.array(_BALL, np.float32) - image)
+        disc = np.clip(sport.ball_r * cam.f * _PLAYER_H * s_img / (spot[1] - cam.d) + 0.5 - r, 0, 1)
+        image += disc[..., None] * (np.array(sport.ball, np.float32) - image)
     # Sun and shade: a random linear lighting gradient.
     slope = rng.uniform(-0.25, 0.25, 2)
     image *= (1 + slope[0] * (u - 0.5) + slope[1] * (v - 0.5))[..., None]
     return np.ascontiguousarray(image.transpose(2, 0, 1), np.float32)
 
 
-def _draw_ball(canvas, cu, cv, radius, mask) -> None:
+def _draw_ball(canvas, cu, cv, radius, mask, colour) -> None:
     """Draw an anti-aliased disc per frame (where `mask`) through small per-frame patches."""
     if not mask.any():
         return
@@ -683,7 +817,7 @@ def _draw_ball(canvas, cu, cv, radius, mask) -> None:
     alpha = np.clip(radius[frames, None, None] + 0.5 - dist, 0, 1)
     index = (slice(None), frames[:, None, None], rows, cols)
     patch = canvas[index]
-    canvas[index] = patch + alpha * (np.array(_BALL, np.float32)[:, None, None, None] - patch)
+    canvas[index] = patch + alpha * (np.array(colour, np.float32)[:, None, None, None] - patch)
 
 
 def _draw_player(canvas, fu, fv, size, side, racket_angle, free_angle, stance, colours) -> None:
