@@ -30,8 +30,8 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from tennis_exp.config import register_configs
-from tennis_exp.data.prepare import prepare, usable_cpus
+from tennis_exp.config import register_configs, usable_cpus
+from tennis_exp.data.prepare import prepare
 from tennis_exp.data.synthetic import render_clip
 from tennis_exp.data.synthetic_videos import raw_videos, write_video
 

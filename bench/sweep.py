@@ -1,6 +1,7 @@
 """Issue 16's benchmark: `python -m bench.sweep` (make bench-sweep).
 
-1. A sweep of four CPU jobs (`seed=1,2,3,4`, the tiny synthetic twin, 3 epochs each), its jobs
+1. A sweep of four CPU jobs (`seed=1,2,3,4`, the whole tiny synthetic twin at 64 px, 4 epochs
+   each, about 20 s of training per job), its jobs
    one after the other (Hydra's basic launcher) against side by side (`hydra/launcher=parallel`,
    one job per core): the command's wall time, sequential and parallel runs interleaved.
 2. What an MLflow server costs per logged epoch against the SQLite file: the metrics one
@@ -31,7 +32,10 @@ from tennis_exp.engine.metrics import metric_name
 from tennis_exp.tracking.runs import mlflow_run
 
 HERE = Path(__file__).resolve().parent
-JOB = ["hardware=cpu", "debug=smoke", "training.epochs=3", "training.max_batches=null"]
+JOB = [
+    "hardware=cpu", "debug=smoke", "training.epochs=4", "training.max_batches=null",
+    "data.max_videos_per_action=null", "data.image_size=64",
+]  # fmt: skip
 
 
 def sweep_seconds(tmp: Path, launcher: list[str], name: str) -> float:

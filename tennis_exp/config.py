@@ -355,9 +355,23 @@ def register_configs() -> None:
 
 
 def _parallel_jobs(accelerator: Any, devices: int) -> int:
-    from tennis_exp.engine.devicepool import parallel_jobs  # counting GPUs imports torch
+    """hydra/launcher=parallel's default n_jobs: as many jobs as the visible GPUs hold, at
+    least one (a job that cannot be placed then says why); on the CPU, one per usable core."""
+    visible = 0
+    if Accelerator(getattr(accelerator, "value", accelerator)) is Accelerator.cuda:
+        import torch  # only when a parallel sweep's config is resolved
 
-    return parallel_jobs(Accelerator(getattr(accelerator, "value", accelerator)), devices)
+        visible = torch.cuda.device_count()
+    if visible == 0:  # the CPU, or a GPU profile falling back to it
+        return usable_cpus()
+    return max(1, visible // max(devices, 1))
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (a cluster job's share, not the machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def from_container(container: dict) -> DictConfig:

@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
+from tennis_exp.config import usable_cpus
 from tennis_exp.data import splits as splitting
 from tennis_exp.data.splits import SPLITS, VideoRef
 from tennis_exp.data.video import VIDEO_SUFFIXES, VideoReader
@@ -372,12 +373,6 @@ def _results(tasks: list[Task], workers: int) -> Iterator[tuple[Task, tuple[int,
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
-
-
-def usable_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def progress(cfg: DictConfig) -> bool:

@@ -32,7 +32,13 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from tennis_exp.config import BADMINTON_ACTIONS, EVENTS, THETIS_ACTIONS, THETIS_EXCLUDED
+from tennis_exp.config import (
+    BADMINTON_ACTIONS,
+    EVENTS,
+    THETIS_ACTIONS,
+    THETIS_EXCLUDED,
+    usable_cpus,
+)
 from tennis_exp.errors import UserError
 from tennis_exp.files import write_text
 
@@ -240,7 +246,7 @@ def _generate(out: Path, preset: str, seed: int, image_size: int, sport: str) ->
     # Longest first balances the pool; each video has its own RNG, so order does not matter.
     tasks.sort(key=lambda task: -task[3].length)
     # Frames are small files: beyond a few processes the disk, not the CPU, is the limit.
-    workers = min(_usable_cpus(), 8)
+    workers = min(usable_cpus(), 8)
     if workers > 1 and sum(task[3].length for task in tasks) >= _POOL_MIN_FRAMES:
         # fork on Linux: workers only run numpy and PIL, and unlike spawn it does not re-run the
         # caller's main script, which breaks scripts without an `if __name__ == "__main__"`.
@@ -250,12 +256,6 @@ def _generate(out: Path, preset: str, seed: int, image_size: int, sport: str) ->
     else:
         for task in tasks:
             _write_video(task)
-
-
-def _usable_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def render_clip(
@@ -308,9 +308,9 @@ _BALL_R = 0.09
 _SHUTTLE_R = 0.075
 
 # A volley is a rally stroke played backwards (from a spot a little nearer the net), so the
-# same frames show either and their order tells the two apart: the ball meets the racket before it bounces instead of after, the
-# racket swings high to low instead of low to high, and the player closes in on the net instead
-# of being pushed back from it.
+# same frames show either and their order tells the two apart: the ball meets the racket
+# before it bounces instead of after, the racket swings high to low instead of low to high,
+# and the player closes in on the net instead of being pushed back from it.
 _PLAYED_BACKWARDS = {"Net Play": "Rally"}
 
 # Per event: player depth range (overlapping, so position alone is a weak cue; wider ranges

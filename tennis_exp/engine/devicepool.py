@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import multiprocessing
-import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -25,19 +24,6 @@ log = logging.getLogger(__name__)
 POOL_DIR = ".gpus"  # under the sweep directory
 # Launchers that run a sweep's jobs side by side in processes of this machine.
 SIDE_BY_SIDE = ("hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",)
-
-
-def parallel_jobs(accelerator: Accelerator, devices: int) -> int:
-    """hydra/launcher=parallel's default n_jobs: as many jobs as the visible GPUs hold, at
-    least one (a job that cannot be placed then says why); on the CPU, one per core."""
-    visible = 0
-    if accelerator is Accelerator.cuda:
-        import torch
-
-        visible = torch.cuda.device_count()
-    if visible == 0:  # the CPU, or a GPU profile falling back to it
-        return os.cpu_count() or 1
-    return max(1, visible // max(devices, 1))
 
 
 @contextmanager

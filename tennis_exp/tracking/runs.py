@@ -329,3 +329,14 @@ def _system_monitor(uri: str, run_id: str, resumed: bool):
     )
     monitor.start()
     return monitor
+
+
+# MLflow 3.17's UI opens an experiment in its GenAI view unless the address asks for this one.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The UI page of an experiment's runs table (or of one run, e.g. a sweep's), in the
+    Model training view."""
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/{page}?{TRAINING_VIEW}"

@@ -18,20 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tennis_exp.errors import UserError, first_line
+from tennis_exp.tracking.runs import ui_url
 
 # MLflow 3's UI opens an experiment on its GenAI overview (traces, "No data available" for a
 # training run) unless the page asks for the "Model training" view; the view a browser last
 # used is kept in its local storage, so a fresh profile needs this in the address.
-TRAINING_VIEW = "workflowType=machine_learning"
 DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 START_TIMEOUT_S = 180.0  # a fresh database is migrated before the server answers
-
-
-def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
-    """The UI page of an experiment's runs table (or of one run, e.g. a sweep's), in the
-    Model training view."""
-    page = f"runs/{run_id}" if run_id else "runs"
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/{page}?{TRAINING_VIEW}"
 
 
 @dataclass(frozen=True)

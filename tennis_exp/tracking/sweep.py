@@ -25,8 +25,8 @@ from tennis_exp.tracking.runs import (
     overrides_tag,
     runs_tagged,
     tracking_uri,
+    ui_url,
 )
-from tennis_exp.tracking.server import ui_url
 
 log = logging.getLogger(__name__)
 
