@@ -55,7 +55,7 @@ BADMINTON_ACTIONS = {
             "passive_drop",
         ],
         "Rally",
-    ),  # fmt: skip
+    ),
     **dict.fromkeys(["serve", "short_service", "long_service"], "Serve"),
 }
 
