@@ -32,7 +32,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from bench.prepare import load, machine
+from bench.prepare import machine
+from bench.results import load, publish
 from tennis_exp.config import register_configs
 from tennis_exp.data.synthetic_match import match_parts, render_parts
 from tennis_exp.data.video import VideoReader, VideoWriter
@@ -166,12 +167,8 @@ def main(argv: list[str] | None = None) -> None:
             f"| the command's whole time ({duration:.0f} s of video), {count} thread(s) | | "
             f"{duration / command:.1f}x ({command:.1f} s) |",
         ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    path = args.results_dir / f"{started_at:%Y%m%d-%H%M%S}-predict{'-gpu' if args.gpu else ''}.md"
-    path.write_text(text)
-    print(f"[bench] written to {path}")
+    name = f"{started_at:%Y%m%d-%H%M%S}-predict{'-gpu' if args.gpu else ''}.md"
+    publish("\n".join(lines) + "\n", args.results_dir, name)
 
 
 if __name__ == "__main__":

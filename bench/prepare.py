@@ -30,6 +30,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from bench.results import cpu_name, load, publish
 from tennis_exp.config import register_configs, usable_cpus
 from tennis_exp.data.prepare import prepare
 from tennis_exp.data.synthetic import render_clip
@@ -112,21 +113,13 @@ def prepared(videos: Path, work: Path, workers: int) -> float:
 
 
 def machine() -> list[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     ffmpeg = ".".join(map(str, av.library_versions["libavcodec"]))
     return [
         f"- machine: {cpu}, {os.cpu_count()} cores ({usable_cpus()} usable)",
         f"- software: PyAV {av.__version__} (libavcodec {ffmpeg}), Pillow {Image.__version__}, "
         f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
     ]
-
-
-def load() -> str:
-    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,12 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---:|---|",
         *(f"| {label} | {value} | {unit} |" for label, value, unit in rows),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    path = args.results_dir / f"{started_at:%Y%m%d-%H%M%S}-prepare.md"
-    path.write_text(text)
-    print(f"[bench] written to {path}")
+    publish("\n".join(lines) + "\n", args.results_dir, f"{started_at:%Y%m%d-%H%M%S}-prepare.md")
 
 
 if __name__ == "__main__":

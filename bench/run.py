@@ -59,6 +59,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, RandomSampler
 
+from bench.results import cpu_name, load, publish
 from tennis_exp.config import Precision, register_configs
 from tennis_exp.data.frames import build_datasets, make_loader
 from tennis_exp.engine import distributed
@@ -707,11 +708,7 @@ def stop_agreement_rows(work: Path, step_s: float, calls: int) -> list[Row]:
 
 
 def machine() -> list[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return [
@@ -719,10 +716,6 @@ def machine() -> list[str]:
         f"- software: torch {torch.__version__}, Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}",
     ]
-
-
-def load() -> str:
-    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
 
 
 def fmt(value: float) -> str:
@@ -798,12 +791,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         *table(rows),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    path = args.results_dir / f"{started_at:%Y%m%d-%H%M%S}-{size.name}.md"
-    path.write_text(text)
-    print(f"[bench] written to {path}")
+    publish("\n".join(lines) + "\n", args.results_dir, f"{started_at:%Y%m%d-%H%M%S}-{size.name}.md")
 
 
 if __name__ == "__main__":

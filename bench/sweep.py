@@ -26,7 +26,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from bench.prepare import load, machine
+from bench.prepare import machine
+from bench.results import load, publish
 from tennis_exp.config import EVENTS
 from tennis_exp.engine.metrics import metric_name
 from tennis_exp.tracking.runs import mlflow_run
@@ -145,10 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         f"| SQLite file | {file_s * 1000:.1f} |",
         f"| MLflow server (127.0.0.1, SQLite database) | {server_s * 1000:.1f} |",
     ]  # fmt: skip
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / f"{datetime.now():%Y%m%d-%H%M%S}-sweep.md").write_text(text)
+    publish("\n".join(lines) + "\n", args.results_dir, f"{datetime.now():%Y%m%d-%H%M%S}-sweep.md")
 
 
 if __name__ == "__main__":
