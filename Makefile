@@ -10,7 +10,7 @@ ARGS   ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install prepare train predict sweep ui server compare bench bench-prepare \
-	bench-predict bench-sweep test test-all lint clean
+	bench-predict bench-sweep bench-baseline test test-all lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -53,6 +53,9 @@ bench-prepare: $(STAMP) ## prepare's frames/s against a bare PyAV decode loop (A
 
 bench-predict: $(STAMP) ## predict's real-time factor against a bare decode loop (ARGS=--quick or --gpu)
 	$(PY) -m bench.predict $(ARGS)
+
+bench-baseline: $(STAMP) ## The users' whole baseline on a GPU, caches built included (ARGS=--quick: CPU smoke)
+	$(PY) -m bench.baseline $(ARGS)
 
 bench-sweep: $(STAMP) ## A 4-job CPU sweep one after the other against side by side; server vs SQLite
 	$(PY) -m bench.sweep $(ARGS)

@@ -24,7 +24,9 @@ Every number is a median over epochs and repeats; every ratio divides numbers of
    beside the fp32 run, and the loader alone;
 7. (issue 4) DDP on one GPU against the DataParallel profile on the same GPU;
 10. (issue 17) fine-tuning (the backbone trains) fed by the loader, by frames held on the GPU
-   (`data.device_cache`) and by one batch already there; the feature cache held on the GPU.
+   (`data.device_cache`) and by one batch already there; the feature cache held on the GPU; the
+   largest batch that fits in GPU memory, per way of training. The users' whole baseline, end
+   to end, is bench/baseline.py.
 
 A throughput row is a `Case` (a runner and config overrides) in CASES, a ratio of two of them is
 a `Ratio` in RATIOS: adding a comparison (say `hardware.precision=bf16` against `fp32`) is
@@ -281,6 +283,9 @@ GPU_RATIOS = [
     Ratio(10, "feature cache on the GPU / read by the loader", GPU_CACHED_DEVICE, GPU_CACHED),
 ]  # fmt: skip
 EPOCHS = 50  # the users' baseline schedule
+# The largest-batch search stops here: 2048 windows at 224 px are 4.9 GB of uint8 frames, far
+# past any batch these recipes use, and each try at that size takes seconds.
+BATCH_CAP = 2048
 
 
 @dataclass(frozen=True)
@@ -321,6 +326,23 @@ def python(script: str, args: list[str], cwd: Path, env: dict[str, str] | None =
 
 def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
+
+
+def largest_batch(fits: Callable[[int], bool], start: int, cap: int) -> int:
+    """The largest n <= cap with fits(n), to within 1/16: doubling from `start` up to the first
+    n that does not fit, then bisecting below it (0 when not even 1 fits)."""
+    fit, fail, n = 0, None, min(start, cap)
+    while fail is None:
+        if not fits(n):
+            fail = n
+        elif n == cap:
+            return cap
+        else:
+            fit, n = n, min(2 * n, cap)
+    while fail - fit > max(1, fit // 16):
+        middle = (fit + fail) // 2
+        fit, fail = (middle, fail) if fits(middle) else (fit, middle)
+    return fit
 
 
 def repeat_batch(batch):
@@ -450,31 +472,62 @@ class Bench:
     def resident_loop(self, case: Case, repeat: int) -> list[float]:
         """The case's model, precision and batch, trained on one batch already on the device:
         the throughput no data path can exceed."""
+        tcfg = self.compose(case).training
+        step, batch_of = self.trainer(case, repeat)
+        batch = batch_of(tcfg.batch_size)
+        return [
+            steady_rate(repeat_batch(batch), tcfg.max_batches, step, self.sync)
+            for _ in range(tcfg.epochs)
+        ]
+
+    def trainer(self, case: Case, seed: int) -> tuple[Callable, Callable[[int], tuple]]:
+        """(step(inputs, labels), batch_of(n)) for the case's model at its precision: one Adam
+        step, and n random windows on the device (their features where the case trains from
+        the feature cache)."""
         cfg = self.compose(case)
-        tcfg, data = cfg.training, cfg.data
+        data = cfg.data
         device = torch.device("cuda" if self.cuda else "cpu")
-        torch.manual_seed(cfg.seed + repeat)
+        torch.manual_seed(cfg.seed + seed)
         model = build_model(cfg.model, len(data.events)).to(device).train()
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(trainable, lr=tcfg.learning_rate)
-        shape = (tcfg.batch_size, data.window, 3, data.image_size, data.image_size)
-        batch = (
-            torch.randint(0, 256, shape, dtype=torch.uint8, device=device),
-            torch.randint(0, len(data.events), (tcfg.batch_size,), device=device),
-        )
+        optimizer = torch.optim.Adam(trainable, lr=cfg.training.learning_rate)
         precision = Precision(cfg.hardware.precision)
+        cached = cfg.model.freeze_backbone and cfg.model.feature_cache
 
-        def step(frames, labels):
+        def step(inputs, labels):
             with autocast(precision, device.type):
-                loss = F.cross_entropy(model(frames), labels)
-            optimizer.zero_grad()
+                loss = F.cross_entropy(model(inputs), labels)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
-        steps = tcfg.max_batches
-        return [
-            steady_rate(repeat_batch(batch), steps, step, self.sync) for _ in range(tcfg.epochs)
-        ]
+        def batch_of(n: int) -> tuple:
+            labels = torch.randint(0, len(data.events), (n,), device=device)
+            if cached:
+                return torch.randn(n, data.window, model.lstm.input_size, device=device), labels
+            shape = (n, data.window, 3, data.image_size, data.image_size)
+            return torch.randint(0, 256, shape, dtype=torch.uint8, device=device), labels
+
+        return step, batch_of
+
+    def fits(self, case: Case) -> Callable[[int], bool]:
+        """fits(n): whether two training steps of the case's model on n windows already on the
+        device run without running out of its memory."""
+        step, batch_of = self.trainer(case, 0)
+
+        def fits(n: int) -> bool:
+            try:
+                for _ in range(2):
+                    step(*batch_of(n))
+                self.sync()
+                return True
+            except torch.OutOfMemoryError:
+                return False
+            finally:
+                if self.cuda:
+                    torch.cuda.empty_cache()
+
+        return fits
 
     def loader_alone(self, case: Case, repeat: int) -> list[float]:
         """The whole train split per epoch (more batches than training takes: a steadier
@@ -629,6 +682,20 @@ class Bench:
             Row(5, f"feature cache speed-up over {EPOCHS} epochs", plain / cached, "x"),
         ]
 
+    def largest_batch_rows(self) -> list[Row]:
+        """The largest batch whose training steps fit in the GPU's memory, per way of training."""
+        rows = []
+        for case, label in [
+            (GPU_BF16, "the frozen baseline, backbone every step"),
+            (GPU_CACHED, "the frozen baseline, from the feature cache"),
+            (GPU_FT_RESIDENT, "fine-tuning (the backbone trains)"),
+        ]:
+            found = largest_batch(self.fits(case), self.size.batch_size, BATCH_CAP)
+            capped = f" (the search stops at {BATCH_CAP})" if found == BATCH_CAP else ""
+            label = f"largest batch that fits, bf16: {label}{capped}"
+            rows.append(Row(10, label, found, "windows"))
+        return rows
+
     def memory_rows(self) -> list[Row]:
         return [
             Row(c.item, f"{c.label}, peak GPU memory", median(r.peak_mem_mb for r in runs), "MiB")
@@ -768,6 +835,7 @@ def main(argv: list[str] | None = None) -> None:
             rows = [
                 *bench.throughput_rows(GPU_RATIOS),
                 *bench.memory_rows(),
+                *bench.largest_batch_rows(),
                 *bench.feature_cache_rows(GPU_BF16, GPU_CACHED),
             ]
         else:
