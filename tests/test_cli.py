@@ -270,6 +270,30 @@ def test_sweep_goes_on_past_a_failed_job(tmp_path):
     assert out.stderr.strip().splitlines()[-1].startswith("Error: hardware=gpu2 needs 2 CUDA")
 
 
+def test_a_swept_preset_in_another_experiment_is_refused_in_one_line(tmp_path):
+    # badminton_scratch sets experiment_name=badminton_transfer; swept beside another preset,
+    # the sweep's run is in the command's experiment (tennis_4event), which could not nest or
+    # report its job. tennis_baseline's job, in tennis_4event, runs.
+    out = run_cli(
+        ["--multirun", "experiment=badminton_scratch,tennis_baseline", "model=small_cnn",
+         "data=synthetic_badminton", *_smoke_args(tmp_path),
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        "Error: this job logs to experiment 'badminton_transfer' but its sweep's run is in "
+        "'tennis_4event', which would neither nest nor report it: pass "
+        "experiment_name=badminton_transfer on the command line"
+    )
+    # The refused job's FAILED run is in the sweep's experiment, nested, so its table shows it.
+    _, parent, runs = _sweep(tmp_path)
+    assert parent.info.status == "FAILED"
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+    assert _runs(tmp_path, "badminton_transfer")[1] == []
+
+
 def test_dry_run_plans_a_four_gpu_job_on_a_laptop(tmp_path):
     out = run_cli(
         [

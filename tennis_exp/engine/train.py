@@ -35,7 +35,7 @@ from tennis_exp.tracking.runs import (
     overrides_tag,
     tracking_uri,
 )
-from tennis_exp.tracking.sweep import sweep_parent
+from tennis_exp.tracking.sweep import check_sweep_experiment, sweep_parent
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ def train(
             return None
         if dist.is_main:
             ensure_experiment(tracking_uri(cfg), cfg.experiment_name)  # a bad store fails first
+            if sweep_dir:
+                check_sweep_experiment(tracking_uri(cfg), cfg.experiment_name, sweep_dir)
         datasets = prepare_data(cfg, dist)
         if dist.is_main:
             show_plan(plan, len(datasets["train"]))

@@ -93,10 +93,13 @@ def filter_value(value: str) -> str:
     raise UserError(f"{value!r} holds both kinds of quote, which MLflow's filters cannot match")
 
 
-def runs_tagged(client, experiment_id: str, tags: dict[str, str], max_results: int = 1000):
-    """The experiment's runs with these exact tag values."""
+def runs_tagged(
+    client, experiment_id: str | list[str], tags: dict[str, str], max_results: int = 1000
+):
+    """The experiment's (or experiments') runs with these exact tag values."""
     where = " and ".join(f"tags.`{k}` = {filter_value(v)}" for k, v in tags.items())
-    return client.search_runs([experiment_id], where, max_results=max_results)
+    ids = [experiment_id] if isinstance(experiment_id, str) else experiment_id
+    return client.search_runs(ids, where, max_results=max_results)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

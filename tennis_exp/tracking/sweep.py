@@ -18,6 +18,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from tennis_exp.errors import UserError
 from tennis_exp.tracking.compare import Row, best_row, report, to_text
 from tennis_exp.tracking.runs import (
     OVERRIDES_TAG,
@@ -56,11 +57,38 @@ def read_failures(path: Path) -> list[str]:
     return list(jobs.values())
 
 
+def _sweep_tags(sweep_dir: str) -> dict[str, str]:
+    return {SWEEP_ROLE_TAG: "sweep", "sweep_dir": str(Path(sweep_dir).resolve())}
+
+
 def sweep_parent(client, experiment_id: str, sweep_dir: str) -> str | None:
     """The id of the parent run of the sweep writing into `sweep_dir`, if there is one."""
-    tags = {SWEEP_ROLE_TAG: "sweep", "sweep_dir": str(Path(sweep_dir).resolve())}
-    runs = runs_tagged(client, experiment_id, tags, max_results=1)
+    runs = runs_tagged(client, experiment_id, _sweep_tags(sweep_dir), max_results=1)
     return runs[0].info.run_id if runs else None
+
+
+def check_sweep_experiment(uri: str, experiment_name: str, sweep_dir: str) -> None:
+    """Refuse a job whose experiment is not its sweep's, where the sweep's run could neither
+    nest nor report it: a swept preset that sets experiment_name, with none on the command line."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    parent = sweep_parent_run(client, sweep_dir)
+    own = ensure_experiment(uri, experiment_name)
+    if parent is not None and parent.info.experiment_id != own:
+        sweep_experiment = client.get_experiment(parent.info.experiment_id).name
+        raise UserError(
+            f"this job logs to experiment '{experiment_name}' but its sweep's run is in "
+            f"'{sweep_experiment}', which would neither nest nor report it: pass "
+            f"experiment_name={experiment_name} on the command line"
+        )
+
+
+def sweep_parent_run(client, sweep_dir: str):
+    """The parent run of the sweep writing into `sweep_dir`, in whichever experiment, or None."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = runs_tagged(client, experiments, _sweep_tags(sweep_dir), max_results=1)
+    return runs[0] if runs else None
 
 
 def newest_sweep(client, experiment_id: str):
@@ -94,7 +122,11 @@ def record_failed_job(
 
     uri = tracking_uri(cfg)
     client = MlflowClient(uri)
-    experiment_id = ensure_experiment(uri, cfg.experiment_name)
+    # In the sweep's experiment, as the sweep's table reads it, whatever the job's config says.
+    parent = sweep_parent_run(client, sweep_dir)
+    experiment_id = (
+        parent.info.experiment_id if parent else ensure_experiment(uri, cfg.experiment_name)
+    )
     if runs_tagged(client, experiment_id, {"output_dir": str(output_dir.resolve())}):
         return  # the job's own run exists and is already marked FAILED
     tags = {
@@ -105,9 +137,8 @@ def record_failed_job(
         "error": message[:5000],
         OVERRIDES_TAG: overrides_tag(overrides),
     }
-    parent = sweep_parent(client, experiment_id, sweep_dir)
     if parent:
-        tags["mlflow.parentRunId"] = parent
+        tags["mlflow.parentRunId"] = parent.info.run_id
     name = f"{cfg.hardware.name}-{cfg.hardware.strategy.value}-failed"
     run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     client.log_batch(
