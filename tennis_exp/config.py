@@ -181,12 +181,14 @@ class ModelConfig:
     pretrained: bool = False
     weights_path: str | None = None
     freeze_backbone: bool = False
-    # A frozen backbone's per-frame features are computed once and stored under
-    # `feature_cache_dir`, keyed by the frames, the backbone's weights and the precision.
-    feature_cache: bool = True
+    # auto | true | false: a frozen backbone's per-frame features are computed once and stored
+    # under `feature_cache_dir`, keyed by the frames, the backbone's weights and the precision.
+    # auto: unless something changes them between epochs (feature_cache_blocker), which true
+    # refuses.
+    feature_cache: Any = "auto"
     feature_cache_dir: str = ".cache/features"
     # A frozen backbone's BatchNorm keeps its statistics (ours); false updates them in train
-    # mode, as the old script did, and then needs model.feature_cache=false.
+    # mode, as the old script did (the feature cache is then off).
     freeze_bn_stats: bool = True
     lstm_hidden: int = 128
     lstm_layers: int = 2
@@ -198,7 +200,7 @@ class ModelConfig:
     head_hidden: int = 128
     # Start from a checkpoint (ours or the old script's best_model.pth).
     init_from: str | None = None
-    # Staged unfreezing: a frozen backbone trains from this epoch on (needs feature_cache=false).
+    # Staged unfreezing: a frozen backbone trains from this epoch on (no feature cache).
     unfreeze_at_epoch: int | None = None
 
 
@@ -312,33 +314,43 @@ def _validate_class_weights(weights: Any, events: list[str]) -> None:
         raise UserError(f"training.class_weights={list(weights)} is invalid: use {valid}")
 
 
-def _validate_feature_cache(cfg: DictConfig) -> None:
-    """The feature cache computes a frozen backbone's features once, from the stored frames:
-    whatever makes them differ between epochs cannot go with it."""
-    model = cfg.model
-    if not (model.freeze_backbone and model.feature_cache):
-        return
+def feature_cache_blocker(cfg: DictConfig) -> tuple[str, str] | None:
+    """What stops a frozen backbone's features being computed once from the stored frames, as
+    (the key and what it does, another way out); None when nothing does."""
+    model, data = cfg.model, cfg.data
     if model.unfreeze_at_epoch is not None:
-        raise UserError(
-            f"model.unfreeze_at_epoch={model.unfreeze_at_epoch} trains the backbone whose "
-            "features model.feature_cache=true computes once: set model.feature_cache=false"
-        )
-    if not cfg.data.frame_cache:
-        raise UserError(
-            "model.feature_cache=true reads the frames from the frame cache: set "
-            "data.frame_cache=true, or model.feature_cache=false"
-        )
+        return f"model.unfreeze_at_epoch={model.unfreeze_at_epoch} trains the backbone", ""
+    if not data.frame_cache:
+        return "data.frame_cache=false stores no frames", ", or data.frame_cache=true"
     if not model.freeze_bn_stats:
-        raise UserError(
-            "model.freeze_bn_stats=false updates the backbone's BatchNorm statistics every "
-            "step, so its features are never the same twice: set model.feature_cache=false"
+        return "model.freeze_bn_stats=false updates its BatchNorm statistics every step", ""
+    if data.augment.kind is not Augment.none:
+        return (
+            f"data.augment.kind={data.augment.kind.value} changes the frames every step",
+            ", or data.augment.kind=none",
         )
-    if cfg.data.augment.kind is not Augment.none:
+    return None
+
+
+def uses_feature_cache(cfg: DictConfig) -> bool:
+    """Whether the run trains its head on a frozen backbone's cached features."""
+    model = cfg.model
+    if not model.freeze_backbone or model.feature_cache is False:
+        return False
+    return feature_cache_blocker(cfg) is None
+
+
+def _validate_feature_cache(cfg: DictConfig) -> None:
+    if cfg.model.feature_cache not in ("auto", True, False):
         raise UserError(
-            f"data.augment.kind={cfg.data.augment.kind.value} changes the frames that "
-            "model.feature_cache=true passes through the backbone only once: set "
-            "model.feature_cache=false (augment through the backbone every step), or "
-            "data.augment.kind=none"
+            f"model.feature_cache={cfg.model.feature_cache} is invalid: use auto, true or false"
+        )
+    blocker = feature_cache_blocker(cfg)
+    if cfg.model.freeze_backbone and cfg.model.feature_cache is True and blocker:
+        why, other = blocker
+        raise UserError(
+            "model.feature_cache=true computes the frozen backbone's features once, but "
+            f"{why}: set model.feature_cache=auto (the backbone every step){other}"
         )
 
 

@@ -13,7 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
-from tennis_exp.config import Backbone, Precision
+from tennis_exp.config import Augment, Backbone, Precision
 from tennis_exp.data.frames import build_datasets
 from tennis_exp.engine import train as train_module
 from tennis_exp.engine.distributed import Dist
@@ -34,6 +34,7 @@ def _frozen(cfg, tmp_path: Path, feature_cache: bool):
         cfg.model.backbone = Backbone.resnet18
         cfg.model.freeze_backbone = True
         cfg.model.feature_cache = feature_cache
+        cfg.data.augment.kind = Augment.none  # the default run's augmentation changes features
         cfg.model.feature_cache_dir = str(tmp_path / "features")
         cfg.training.epochs = 2
         cfg.tracking.uri = f"sqlite:///{tmp_path / f'cache-{feature_cache}.db'}"
@@ -103,7 +104,7 @@ def test_feature_cache_key_follows_frames_weights_and_precision(tmp_path):
 def test_feature_cache_needs_the_frame_cache(smoke_cfg, tmp_path):
     cfg = _frozen(smoke_cfg, tmp_path, feature_cache=True)
     cfg.data.frame_cache = False
-    with pytest.raises(UserError, match="model.feature_cache=true reads the frames"):
+    with pytest.raises(UserError, match="data.frame_cache=false stores no frames: set model"):
         train_module.train(cfg, tmp_path / "run")
 
 

@@ -10,7 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torchvision.transforms.v2 import functional as TF
 
-from tennis_exp.config import Augment, AugmentConfig, AugmentPer, validate
+from tennis_exp.config import Augment, AugmentConfig, AugmentPer, uses_feature_cache, validate
 from tennis_exp.data.augment import Draw, apply, augment, draw
 from tennis_exp.engine.objective import class_weights
 from tennis_exp.errors import UserError
@@ -67,15 +67,40 @@ def test_bad_recipe_keys_are_one_line(override, message):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["data.augment.kind=flip_jitter"], "set model.feature_cache=false \\(augment through"),
-        (["model.freeze_bn_stats=false"], "model.freeze_bn_stats=false updates the backbone"),
+        (["data.augment.kind=flip_jitter"],
+         "data.augment.kind=flip_jitter changes the frames every step: set model.feature_cache="
+         "auto \\(the backbone every step\\), or data.augment.kind=none"),
+        (["model.freeze_bn_stats=false"], "model.freeze_bn_stats=false updates its BatchNorm"),
+        (["data.frame_cache=false"], "or data.frame_cache=true"),
     ],
-)
+)  # fmt: skip
 def test_the_feature_cache_refuses_what_changes_features(overrides, message):
     frozen = ["experiment=tennis_baseline", "data.root=/frames", "model.pretrained=false"]
+    assert uses_feature_cache(compose_config(frozen))
     with pytest.raises(UserError, match=message):
-        validate(compose_config([*frozen, *overrides]))
-    validate(compose_config([*frozen, *overrides, "model.feature_cache=false"]))
+        validate(compose_config([*frozen, *overrides, "model.feature_cache=true"]))
+    # auto (the default) and false train through the backbone instead.
+    for setting in ["auto", "false"]:
+        cfg = compose_config([*frozen, *overrides, f"model.feature_cache={setting}"])
+        validate(cfg)
+        assert not uses_feature_cache(cfg)
+
+
+def test_the_default_run_augments_and_the_frozen_presets_do_not():
+    assert compose_config([]).data.augment.kind is Augment.flip_jitter
+    for preset in ["tennis_baseline", "badminton_frozen", "badminton_staged"]:
+        cfg = compose_config([f"experiment={preset}", "transfer_from=x.pth"])
+        assert cfg.data.augment.kind is Augment.none
+    assert uses_feature_cache(compose_config(["experiment=tennis_baseline"]))
+    # A frozen backbone on the default run: augmented through the backbone, uncached.
+    cfg = compose_config(["model=resnet18"])
+    validate(cfg)
+    assert cfg.model.freeze_backbone and not uses_feature_cache(cfg)
+
+
+def test_feature_cache_setting_is_checked():
+    with pytest.raises(UserError, match="model.feature_cache=maybe is invalid: use auto, true"):
+        validate(compose_config(["model.feature_cache=maybe"]))
 
 
 def test_the_seed_preset_is_the_old_script():

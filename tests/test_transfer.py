@@ -80,8 +80,8 @@ def test_train_fraction_is_validated():
     ("overrides", "message"),
     [
         (["model.unfreeze_at_epoch=3"], "unfreezes a frozen backbone: set model.freeze_backbone"),
-        (["model.freeze_backbone=true", "model.unfreeze_at_epoch=3"],
-         "set model.feature_cache=false"),
+        (["model.freeze_backbone=true", "model.feature_cache=true", "model.unfreeze_at_epoch=3"],
+         "model.unfreeze_at_epoch=3 trains the backbone: set model.feature_cache=auto"),
         (["model.freeze_backbone=true", "model.feature_cache=false", "model.unfreeze_at_epoch=1"],
          "model.unfreeze_at_epoch=1 is invalid: it must be an integer >= 2"),
         (["training.backbone_lr_factor=0"], "training.backbone_lr_factor=0.0 is invalid"),

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler, Subset
 from tqdm import tqdm
 
-from tennis_exp.config import Precision, Strategy
+from tennis_exp.config import Precision, Strategy, feature_cache_blocker, uses_feature_cache
 from tennis_exp.data import device_cache
 from tennis_exp.data.augment import augment
 from tennis_exp.data.device_cache import DeviceBatches, DeviceWindows
@@ -137,7 +137,10 @@ class Trainer:
         on a frozen backbone's cached features (a wrapper then holds no backbone to copy)."""
         cfg = self.job.cfg
         trained: nn.Module = self.model
-        if cfg.model.freeze_backbone and cfg.model.feature_cache:
+        auto = cfg.model.freeze_backbone and cfg.model.feature_cache == "auto"
+        if auto and (blocker := feature_cache_blocker(cfg)):
+            log.info("model.feature_cache=auto: no feature cache, as %s", blocker[0])
+        if uses_feature_cache(cfg):
             cache_dir = Path(cfg.model.feature_cache_dir).expanduser().absolute()
             datasets = cached_features(
                 self.model, datasets, cache_dir, self.plan.precision, self.plan.device, self.dist
