@@ -380,10 +380,11 @@ class Bench:
             f"tracking.uri={self.uri}",
             f"experiment_name={EXPERIMENT}",
             "progress_bar=true",
-            # The bare loop neither clips gradients nor autocasts: both sides do the same
-            # arithmetic. A case's own overrides come later and win.
+            # The bare loop neither clips gradients, autocasts nor augments: both sides do the
+            # same arithmetic. A case's own overrides come later and win.
             "training.grad_clip=null",
             "hardware.precision=fp32",
+            "data.augment.kind=none",
             *size.overrides(),
         ]
         self.samples: dict[Case, list[float]] = defaultdict(list)
