@@ -438,7 +438,8 @@ def test_two_nodes_without_a_shared_disk(tmp_path):
     # and frozen-backbone features; rank 0 alone logs and writes checkpoints; the best weights
     # reach the other node through the process group.
     common = ["hardware.strategy=ddp", "debug=smoke", "training.max_batches=null",
-              "model.freeze_backbone=true", "tracking.uri=sqlite:///mlflow.db"]  # fmt: skip
+              "model.freeze_backbone=true", "data.augment.kind=none",
+              "tracking.uri=sqlite:///mlflow.db"]  # fmt: skip
     nodes = [tmp_path / "node0", tmp_path / "node1"]
     port = _free_port()
     for node in nodes:
