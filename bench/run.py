@@ -62,7 +62,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, RandomSampler
 
 from bench.results import cpu_name, load, publish
-from tennis_exp.config import Precision, register_configs
+from tennis_exp.config import Precision, register_configs, uses_feature_cache
 from tennis_exp.data.frames import build_datasets, make_loader
 from tennis_exp.engine import distributed
 from tennis_exp.engine.distributed import Dist
@@ -493,7 +493,7 @@ class Bench:
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trainable, lr=cfg.training.learning_rate)
         precision = Precision(cfg.hardware.precision)
-        cached = cfg.model.freeze_backbone and cfg.model.feature_cache
+        cached = uses_feature_cache(cfg)
 
         def step(inputs, labels):
             with autocast(precision, device.type):
