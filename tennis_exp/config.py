@@ -345,8 +345,8 @@ def _validate_feature_cache(cfg: DictConfig) -> None:
         raise UserError(
             f"model.feature_cache={cfg.model.feature_cache} is invalid: use auto, true or false"
         )
-    blocker = feature_cache_blocker(cfg)
-    if cfg.model.freeze_backbone and cfg.model.feature_cache is True and blocker:
+    asked = cfg.model.freeze_backbone and cfg.model.feature_cache is True
+    if asked and (blocker := feature_cache_blocker(cfg)):
         why, other = blocker
         raise UserError(
             "model.feature_cache=true computes the frozen backbone's features once, but "

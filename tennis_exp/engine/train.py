@@ -35,7 +35,7 @@ from tennis_exp.tracking.runs import (
     overrides_tag,
     tracking_uri,
 )
-from tennis_exp.tracking.sweep import check_sweep_experiment, sweep_parent
+from tennis_exp.tracking.sweep import job_parent
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,9 @@ def train(
             log.info("Dry run: nothing trained")
             return None
         if dist.is_main:
-            ensure_experiment(tracking_uri(cfg), cfg.experiment_name)  # a bad store fails first
-            if sweep_dir:
-                check_sweep_experiment(tracking_uri(cfg), cfg.experiment_name, sweep_dir)
+            uri = tracking_uri(cfg)
+            experiment_id = ensure_experiment(uri, cfg.experiment_name)  # a bad store fails first
+            parent = job_parent(uri, experiment_id, sweep_dir) if sweep_dir else None
         datasets = prepare_data(cfg, dist)
         if dist.is_main:
             show_plan(plan, len(datasets["train"]))
@@ -70,7 +70,7 @@ def train(
         job = Job(cfg, plan, output_dir, None, tracking_uri(cfg), weights)
         if not dist.is_main:
             return fit_and_test(job, dist, datasets, resume)
-        with track(job, sweep_dir, resume, overrides) as run:
+        with track(job, sweep_dir, parent, resume, overrides) as run:
             job = replace(job, run_id=run.run_id)
             if resume is None:
                 log_run_inputs(run, job, overrides)
@@ -116,8 +116,15 @@ def prepare_data(cfg: DictConfig, dist: Dist) -> dict[str, WindowDataset]:
     return datasets
 
 
-def track(job: Job, sweep_dir: str | None, resume: Checkpoint | None, overrides: list[str] | None):
-    """The job's MLflow run: a new one (nested under its sweep's), or the resumed one."""
+def track(
+    job: Job,
+    sweep_dir: str | None,
+    parent: str | None,
+    resume: Checkpoint | None,
+    overrides: list[str] | None,
+):
+    """The job's MLflow run: a new one (nested under its sweep's run `parent`), or the resumed
+    one."""
     cfg, plan = job.cfg, job.plan
     job.output_dir.mkdir(parents=True, exist_ok=True)
     tags = {
@@ -128,13 +135,8 @@ def track(job: Job, sweep_dir: str | None, resume: Checkpoint | None, overrides:
     }
     if plan.setup.fallback:
         tags["fallback"] = "cpu: no CUDA device was visible"
-    parent = None
     if sweep_dir:
         tags["sweep_dir"] = str(Path(sweep_dir).resolve())
-        from mlflow.tracking import MlflowClient
-
-        experiment_id = ensure_experiment(job.tracking_uri, cfg.experiment_name)
-        parent = sweep_parent(MlflowClient(job.tracking_uri), experiment_id, sweep_dir)
     system_metrics = cfg.tracking.system_metrics
     if system_metrics is None:
         system_metrics = plan.device.type == "cuda"

@@ -67,21 +67,24 @@ def sweep_parent(client, experiment_id: str, sweep_dir: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def check_sweep_experiment(uri: str, experiment_name: str, sweep_dir: str) -> None:
-    """Refuse a job whose experiment is not its sweep's, where the sweep's run could neither
-    nest nor report it: a swept preset that sets experiment_name, with none on the command line."""
+def job_parent(uri: str, experiment_id: str, sweep_dir: str) -> str | None:
+    """The id of the sweep's run that a job in this experiment nests under (None: no sweep's
+    run). A sweep's run in another experiment could neither nest nor report the job: a swept
+    preset that sets experiment_name, with none on the command line. That is refused."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    parent = sweep_parent_run(client, sweep_dir)
-    own = ensure_experiment(uri, experiment_name)
-    if parent is not None and parent.info.experiment_id != own:
-        sweep_experiment = client.get_experiment(parent.info.experiment_id).name
+    parent = sweep_parent(client, experiment_id, sweep_dir)
+    elsewhere = None if parent else sweep_parent_run(client, sweep_dir)
+    if elsewhere is not None:
+        name = client.get_experiment(experiment_id).name
+        sweep_experiment = client.get_experiment(elsewhere.info.experiment_id).name
         raise UserError(
-            f"this job logs to experiment '{experiment_name}' but its sweep's run is in "
+            f"this job logs to experiment '{name}' but its sweep's run is in "
             f"'{sweep_experiment}', which would neither nest nor report it: pass "
-            f"experiment_name={experiment_name} on the command line"
+            f"experiment_name={name} on the command line"
         )
+    return parent
 
 
 def sweep_parent_run(client, sweep_dir: str):
