@@ -29,11 +29,10 @@ from pathlib import Path
 import torch
 from mlflow.tracking import MlflowClient
 
-from bench.results import load, publish
+from bench.results import add_dirs, load, publish
 from bench.run import machine
 from tennis_exp.data.synthetic import ensure_synthetic
 
-HERE = Path(__file__).resolve().parent
 EXPERIMENT = "bench-baseline"
 GOAL_MIN = 5.0
 # (preset, image size, epochs, hardware profile)
@@ -74,13 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="smoke-sized, on the CPU: tiny preset, 32 px, 2 epochs"
     )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=HERE.parent / ".cache" / "bench-baseline",
-        help="the synthetic frames, kept between runs (default: .cache/bench-baseline)",
-    )
-    parser.add_argument("--results-dir", type=Path, default=HERE / "results")
+    add_dirs(parser, "bench-baseline", "the synthetic frames")
     args = parser.parse_args(argv)
     preset, image_size, epochs, hardware = QUICK if args.quick else FULL
     if not args.quick and not torch.cuda.is_available():

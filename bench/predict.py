@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from bench.prepare import machine
-from bench.results import load, publish
+from bench.results import add_dirs, load, publish
 from tennis_exp.config import register_configs
 from tennis_exp.data.synthetic_match import match_parts, render_parts
 from tennis_exp.data.video import VideoReader, VideoWriter
@@ -107,13 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 20 s video, one repeat")
     parser.add_argument("--gpu", action="store_true", help="ResNet-50 at 224 px on GPU 0")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=HERE.parent / ".cache" / "bench-predict",
-        help="the video, kept between runs (default: .cache/bench-predict)",
-    )
-    parser.add_argument("--results-dir", type=Path, default=HERE / "results")
+    add_dirs(parser, "bench-predict", "the video")
     args = parser.parse_args(argv)
     seconds, repeats = (20, 1) if args.quick else (120, 3)
     register_configs()

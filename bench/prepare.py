@@ -30,7 +30,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from bench.results import cpu_name, load, publish
+from bench.results import add_dirs, cpu_name, load, publish
 from tennis_exp.config import register_configs, usable_cpus
 from tennis_exp.data.prepare import prepare
 from tennis_exp.data.synthetic import render_clip
@@ -125,13 +125,7 @@ def machine() -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 videos, one repeat")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=HERE.parent / ".cache" / "bench-prepare",
-        help="the videos, kept between runs (default: .cache/bench-prepare)",
-    )
-    parser.add_argument("--results-dir", type=Path, default=HERE / "results")
+    add_dirs(parser, "bench-prepare", "the videos")
     args = parser.parse_args(argv)
     count, repeats = (8, 1) if args.quick else (24, 3)
     cores = usable_cpus()

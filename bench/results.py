@@ -1,10 +1,25 @@
-"""What every benchmark's report shares: the CPU's name, the load, and writing the table."""
+"""What every benchmark shares: its folders, the CPU's name, the load, writing the table."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def add_dirs(parser: argparse.ArgumentParser, cache: str | None, holds: str = "") -> None:
+    """--data-dir (what the bench makes once and keeps, in .cache/<cache>) and --results-dir."""
+    if cache:
+        parser.add_argument(
+            "--data-dir",
+            type=Path,
+            default=HERE.parent / ".cache" / cache,
+            help=f"{holds}, kept between runs (default: .cache/{cache})",
+        )
+    parser.add_argument("--results-dir", type=Path, default=HERE / "results")
 
 
 def cpu_name() -> str:

@@ -61,7 +61,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, RandomSampler
 
-from bench.results import cpu_name, load, publish
+from bench.results import add_dirs, cpu_name, load, publish
 from tennis_exp.config import Precision, register_configs, uses_feature_cache
 from tennis_exp.data.frames import build_datasets, make_loader
 from tennis_exp.engine import distributed
@@ -804,13 +804,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--gpu", action="store_true", help="the GPU rows (items 6, 7) instead of the CPU ones"
     )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=ROOT / ".cache" / "bench",
-        help="synthetic data and frame caches, kept between runs (default: .cache/bench)",
-    )
-    parser.add_argument("--results-dir", type=Path, default=HERE / "results")
+    add_dirs(parser, "bench", "synthetic data and frame caches")
     args = parser.parse_args(argv)
     if args.gpu and not torch.cuda.is_available():
         parser.error("--gpu needs a CUDA GPU, and torch sees none")

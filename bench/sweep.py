@@ -27,12 +27,11 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.prepare import machine
-from bench.results import load, publish
+from bench.results import add_dirs, load, publish
 from tennis_exp.config import EVENTS
 from tennis_exp.engine.metrics import metric_name
 from tennis_exp.tracking.runs import mlflow_run
 
-HERE = Path(__file__).resolve().parent
 JOB = [
     "hardware=cpu", "debug=smoke", "training.epochs=4", "training.max_batches=null",
     "data.max_videos_per_action=null", "data.image_size=64",
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2, help="sweeps of each kind (2)")
     parser.add_argument("--epochs", type=int, default=50, help="epochs logged per store (50)")
-    parser.add_argument("--results-dir", type=Path, default=HERE / "results")
+    add_dirs(parser, None)
     args = parser.parse_args(argv)
     loads = [load()]
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp_name:

@@ -19,33 +19,21 @@ import torch.nn.functional as F
 from bench.run import CASES, FULL, RATIOS, SIZES, Bench, largest_batch
 from tennis_exp.config import register_configs
 
-from .conftest import ROOT
+from .conftest import ROOT, run_quick_bench, table_rows
 
 
 @pytest.mark.slow
 def test_quick_bench_writes_a_number_in_every_row(tmp_path):
-    results = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--data-dir", str(tmp_path / "data"),
-         "--results-dir", str(results)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (written,) = results.glob("*.md")
-    text = written.read_text()
+    text, printed = run_quick_bench("run", tmp_path, "*.md")
     assert "- machine: " in text
-    rows = [
-        [cell.strip() for cell in line.split("|")[1:-1]]
-        for line in text.splitlines()
-        if line.startswith("| ") and not line.startswith("| item ")
-    ]
+    rows = table_rows(text, "item")
     assert {int(item) for item, *_ in rows} == {1, 2, 3, 4, 5, 8, 9, 10}
     for item, label, value, *_ in rows:
         assert math.isfinite(float(value)), f"row {item} {label!r}: {value!r}"
     labels = [label for _, label, *_ in rows]
     for expected in [*(f"{c.label}, samples/s" for c in CASES), *(r.label for r in RATIOS)]:
         assert expected in labels
-    assert text in proc.stdout  # the table printed is the table written
+    assert text in printed  # the table printed is the table written
 
 
 @pytest.mark.parametrize(
@@ -88,23 +76,8 @@ def test_fits_runs_real_training_steps_and_reports_running_out_of_memory(tmp_pat
 
 @pytest.mark.slow
 def test_quick_baseline_bench_times_the_whole_command(tmp_path):
-    results = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.baseline", "--quick", "--data-dir", str(tmp_path / "data"),
-         "--results-dir", str(results)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (written,) = results.glob("*-baseline-quick.md")
-    text = written.read_text()
-    values = {
-        label: value
-        for label, value in (
-            [cell.strip() for cell in line.split("|")[1:-1]]
-            for line in text.splitlines()
-            if line.startswith("| ") and not line.startswith("| measurement")
-        )
-    }
+    text, _ = run_quick_bench("baseline", tmp_path, "*-baseline-quick.md")
+    values = dict(table_rows(text, "measurement"))
     whole = float(values["the whole command, cache builds included"].split()[0])
     epochs = float(values["of which 2 epochs of training and validation"].split()[0])
     assert 0 < epochs < whole

@@ -9,8 +9,6 @@ import csv
 import json
 import math
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -47,7 +45,7 @@ from tennis_exp.inference.segments import (
 from tennis_exp.inference.windows import Ring
 from tennis_exp.models.cnn_lstm import build_model
 
-from .conftest import ROOT, compose_config, run_cli
+from .conftest import compose_config, run_cli, run_quick_bench
 
 EVENTS = ["Smash", "Net Play", "Rally", "Serve"]
 A, B = "Smash", "Net Play"
@@ -432,13 +430,5 @@ def test_mistakes_are_one_line_and_leave_no_run(trained, tmp_path, args, expecte
 
 @pytest.mark.slow
 def test_the_quick_predict_bench_writes_its_table(tmp_path):
-    results = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.predict", "--quick", "--data-dir", str(tmp_path / "data"),
-         "--results-dir", str(results)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (written,) = results.glob("*-predict.md")
-    text = written.read_text()
-    assert "| predict (decode, model, windows), 1 torch thread(s) |" in text and text in proc.stdout
+    text, printed = run_quick_bench("predict", tmp_path, "*-predict.md")
+    assert "| predict (decode, model, windows), 1 torch thread(s) |" in text and text in printed

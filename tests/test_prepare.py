@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import random
 import shutil
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from tennis_exp.data.synthetic_videos import write_video, write_videos
 from tennis_exp.data.video import VIDEO_SUFFIXES, VideoReader
 from tennis_exp.errors import UserError
 
-from .conftest import ROOT, run_cli
+from .conftest import run_cli, run_quick_bench, table_rows
 
 ACTIONS = [*THETIS_ACTIONS, *THETIS_EXCLUDED]
 
@@ -465,13 +463,7 @@ def test_videos_to_frames_to_a_trained_and_evaluated_model(tmp_path):
 @pytest.mark.slow
 def test_the_prepare_bench_writes_a_number_in_every_row(tmp_path):
     # It checks no speed: a quick run's numbers on a test machine mean nothing.
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.prepare", "--quick", "--data-dir", str(tmp_path / "data"),
-         "--results-dir", str(tmp_path / "results")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    (written,) = (tmp_path / "results").glob("*-prepare.md")
-    rows = [line.split("|")[1:-1] for line in written.read_text().splitlines() if line[:2] == "| "]
-    assert len(rows) == 9 and rows[0][0].strip() == "measurement"
-    assert all(float(value) > 0 for _, value, _ in rows[1:])
+    text, _ = run_quick_bench("prepare", tmp_path, "*-prepare.md")
+    rows = table_rows(text, "measurement")
+    assert "| measurement |" in text and len(rows) == 8
+    assert all(float(value) > 0 for _, value, _ in rows)
