@@ -16,7 +16,6 @@ videos are prepared.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import multiprocessing
 import os
@@ -38,12 +37,7 @@ from tennis_exp.data import splits as splitting
 from tennis_exp.data.splits import SPLITS, VideoRef
 from tennis_exp.data.video import VIDEO_SUFFIXES, VideoReader
 from tennis_exp.errors import UserError, first_line
-from tennis_exp.files import write_text
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks, two prepares into one folder go unnoticed
-    fcntl = None
+from tennis_exp.files import locked, read_marker, write_marker
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +236,7 @@ def claimed(out: Path, settings: dict) -> Iterator[None]:
     a prepare with the same settings wrote. Anything else is refused before a file is written."""
     if out.exists() and not out.is_dir():
         raise UserError(f"out={out} is a file; expected a new or empty folder")
-    marker = _read_marker(out)
+    marker = read_marker(out / _MARKER)
     if marker is None and out.exists() and any(out.iterdir()):
         raise UserError(
             f"out={out} is not empty and was not written by prepare (no {_MARKER}); "
@@ -250,19 +244,14 @@ def claimed(out: Path, settings: dict) -> Iterator[None]:
         )
     _check_same(out, marker, settings)
     out.mkdir(parents=True, exist_ok=True)
-    with _lock(out):
-        _check_same(out, _read_marker(out), settings)  # another prepare may have started it
-        write_text(out / _MARKER, json.dumps(settings, indent=2, sort_keys=True))
+    with locked(out / _LOCK, wait=False) as held:
+        if not held:
+            raise UserError(f"another prepare is writing to out={out}; let it end first")
+        _check_same(out, read_marker(out / _MARKER), settings)  # another may have started it
+        write_marker(out / _MARKER, settings)
         # Holding the lock, a partial video is a leftover of a prepare that was stopped.
         shutil.rmtree(out / _PARTIAL, ignore_errors=True)
         yield
-
-
-def _read_marker(out: Path) -> dict | None:
-    try:
-        return json.loads((out / _MARKER).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _check_same(out: Path, marker: dict | None, settings: dict) -> None:
@@ -279,22 +268,6 @@ def _check_same(out: Path, marker: dict | None, settings: dict) -> None:
         f"out={out} holds another dataset: {'; '.join(changed)}. Choose another out folder, "
         "or delete this one to prepare it again"
     )
-
-
-@contextmanager
-def _lock(out: Path) -> Iterator[None]:
-    if fcntl is None:
-        yield
-        return
-    with open(out / _LOCK, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another prepare is writing to out={out}; let it end first") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def count_frames(folder: Path) -> int:

@@ -7,7 +7,6 @@ says nothing about which GPUs are free; the locks do. The OS releases a dead job
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import multiprocessing
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from omegaconf import DictConfig
 
 from tennis_exp.config import Accelerator
 from tennis_exp.errors import UserError
+from tennis_exp.files import locked
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +34,12 @@ def claimed(pool: Path, wanted: int, visible: int, busy_hint: str = "") -> Itera
     with ExitStack() as gpus:
         # One job places itself at a time: two jobs taking GPUs at once could each get part
         # of what they need and both fail, where one of them fits.
-        with _locked(pool / "placing.lock"):
+        with locked(pool / "placing.lock"):
             ids = []
             for gpu in range(visible):
                 if len(ids) == wanted:
                     break
-                lock = _try_lock(pool / f"gpu{gpu}.lock")
-                if lock is not None:
-                    gpus.callback(lock.close)
+                if gpus.enter_context(locked(pool / f"gpu{gpu}.lock", wait=False)):
                     ids.append(gpu)
             if len(ids) < wanted:
                 raise UserError(
@@ -49,24 +47,6 @@ def claimed(pool: Path, wanted: int, visible: int, busy_hint: str = "") -> Itera
                     f"{visible} visible are held by other jobs of the sweep{busy_hint}"
                 )
         yield ids
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as file:
-        fcntl.flock(file, fcntl.LOCK_EX)
-        yield
-
-
-def _try_lock(path: Path):
-    """The open, exclusively locked file, or None when another holder has it."""
-    file = open(path, "a")  # noqa: SIM115 - held open for as long as the job runs
-    try:
-        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        file.close()
-        return None
-    return file
 
 
 @contextmanager
