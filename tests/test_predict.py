@@ -15,6 +15,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from tennis_exp.data.segments import (
+    Segment,
+    read_segments,
+    write_segments_csv,
+    write_segments_json,
+)
 from tennis_exp.data.synthetic_match import match_parts, truth, write_match
 from tennis_exp.data.synthetic_videos import write_video
 from tennis_exp.data.video import VideoReader
@@ -30,17 +36,13 @@ from tennis_exp.inference.detection_metrics import (
 from tennis_exp.inference.runner import Predictor, Progress
 from tennis_exp.inference.segments import (
     NONE,
-    Segment,
     event_runs,
-    read_segments,
     runs,
     smooth,
     smoothing_width,
     speaking_bounds,
     to_segments,
     window_labels,
-    write_segments_csv,
-    write_segments_json,
 )
 from tennis_exp.inference.windows import Ring
 from tennis_exp.models.cnn_lstm import build_model

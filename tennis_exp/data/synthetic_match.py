@@ -24,9 +24,9 @@ from typing import NamedTuple
 import numpy as np
 
 from tennis_exp.config import EVENTS, THETIS_ACTIONS
+from tennis_exp.data.segments import Segment, write_segments_csv
 from tennis_exp.data.synthetic import Video, render_clip
 from tennis_exp.data.video import VideoWriter
-from tennis_exp.inference.segments import Segment, write_segments_csv
 
 FPS = 25
 # render_clip's `split_index` for matches: far from the twin's splits (0-2), so no clip of a

@@ -14,6 +14,12 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from tennis_exp.config import Strategy, validate_predict
+from tennis_exp.data.segments import (
+    Segment,
+    read_segments,
+    write_segments_csv,
+    write_segments_json,
+)
 from tennis_exp.data.video import VIDEO_SUFFIXES, VideoReader
 from tennis_exp.engine.evaluation import lineage, trained_config, trained_model
 from tennis_exp.engine.hardware import plan_run
@@ -23,15 +29,11 @@ from tennis_exp.inference.detection_metrics import Scores
 from tennis_exp.inference.render import render
 from tennis_exp.inference.runner import Predictor, Progress, WindowProbabilities
 from tennis_exp.inference.segments import (
-    Segment,
-    read_segments,
     smooth,
     smoothing_width,
     speaking_bounds,
     to_segments,
     window_labels,
-    write_segments_csv,
-    write_segments_json,
 )
 from tennis_exp.inference.timeline import plot_timeline
 from tennis_exp.tracking.runs import ensure_experiment, mlflow_run, tracking_uri

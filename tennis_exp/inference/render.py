@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from tennis_exp.data.segments import Segment
 from tennis_exp.data.video import VideoReader, VideoWriter
-from tennis_exp.inference.segments import Segment
 from tennis_exp.inference.timeline import colour
 
 _MIN_HEIGHT = 256

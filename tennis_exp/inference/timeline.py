@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tennis_exp.inference.segments import Segment
+from tennis_exp.data.segments import Segment
 
 # matplotlib's tab10, an event's colour wherever it is drawn (the rendered video too).
 COLOURS = [
