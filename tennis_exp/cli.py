@@ -16,8 +16,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from tennis_exp.errors import first_line
-from tennis_exp.tracking.sweep import FAILURE_LOG, read_failures, record_failure
+from tennis_exp.errors import FAILURE_LOG, first_line, read_failures, record_failure
 
 # The user's HYDRA_FULL_ERROR, kept here for jobs: the command sets Hydra's own to 1.
 SHOW_TRACEBACK = "TENNIS_EXP_SHOW_TRACEBACK"

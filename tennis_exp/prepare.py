@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from tennis_exp.cli import is_user_error, one_line, run_command, traceback_wanted
 from tennis_exp.config import register_configs, validate_prepare
-from tennis_exp.tracking.sweep import record_failure
+from tennis_exp.errors import record_failure
 
 register_configs()
 

@@ -1,16 +1,11 @@
 """Sweeps in MLflow: one parent run per multirun with a nested run per job, a FAILED run for a
-job that failed before its own run started, and the list of failed jobs the command reports.
-
-Failures reach the command through a file, not process state: the command names it in
-$TENNIS_EXP_FAILURE_LOG, jobs in this process or in processes it started (submitit's local
-executor) append to it, and at the sweep's end the Hydra callback adds the failed runs MLflow
-knows of, which also covers jobs on other machines (SLURM).
-"""
+job that failed before its own run started; at the sweep's end the failed runs MLflow knows of
+join the command's failure log (`errors.record_failure`), which also covers jobs on other
+machines (SLURM)."""
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +13,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from tennis_exp.errors import UserError
+from tennis_exp.errors import UserError, record_failure
 from tennis_exp.tracking.compare import Row, best_row, report, to_text
 from tennis_exp.tracking.runs import (
     OVERRIDES_TAG,
@@ -32,29 +27,6 @@ from tennis_exp.tracking.runs import (
 log = logging.getLogger(__name__)
 
 SWEEP_ROLE_TAG = "tennis_exp.role"  # "sweep" on a multirun's parent run
-FAILURE_LOG = "TENNIS_EXP_FAILURE_LOG"
-
-
-def record_failure(output_dir: str, message: str) -> None:
-    """Add a failed job (its output directory, its one-line error) to the command's list."""
-    path = os.environ.get(FAILURE_LOG)
-    if not path:
-        return
-    try:
-        with open(path, "a") as log_file:
-            log_file.write(f"{output_dir}\t{message}\n")
-    except OSError:  # a task on another machine: its FAILED run in MLflow tells instead
-        pass
-
-
-def read_failures(path: Path) -> list[str]:
-    """The failed jobs' errors, in the order they were recorded, one per job."""
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    jobs = dict(line.split("\t", 1) for line in lines if "\t" in line)
-    return list(jobs.values())
 
 
 def _sweep_tags(sweep_dir: str) -> dict[str, str]:
