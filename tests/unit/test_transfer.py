@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from tennis_exp.config import BADMINTON_ACTIONS, validate
-from tennis_exp.data.frames import build_datasets, fraction_of
+from tennis_exp.data.frames import build_datasets
+from tennis_exp.data.split_index import fraction_of
 from tennis_exp.engine import checkpoint
 from tennis_exp.engine import train as train_module
 from tennis_exp.errors import UserError
 
-from .conftest import compose_config, run_cli
+from ..helpers.commands import run_cli
+from ..helpers.configs import compose_config
 
 PRESETS = ["badminton_frozen", "badminton_finetune", "badminton_staged", "badminton_scratch"]
 

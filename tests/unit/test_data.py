@@ -26,42 +26,15 @@ from tennis_exp.config import (
     SyntheticPreset,
     TrainingConfig,
 )
-from tennis_exp.data import frames as data
-from tennis_exp.data.frames import WindowDataset, build_datasets, make_loader, scan_split
+from tennis_exp.data import frame_cache, split_index
+from tennis_exp.data.frames import WindowDataset, build_datasets
+from tennis_exp.data.loaders import make_loader
+from tennis_exp.data.split_index import scan_split
 from tennis_exp.errors import UserError
 
+from ..helpers.frame_trees import LAYOUT, SIZE, make_tree, write_video
+
 # torchvision 0.29 deprecates its JPEG decoder (in favour of torchcodec) and warns per call.
-
-SIZE = 32
-# Every event present in every split; lengths chosen around the 16-frame window.
-LAYOUT = {
-    split: {
-        "smash": [20, 24],
-        "forehand_volley": [16],
-        "backhand": [30, 10],  # the 10-frame video is too short
-        "flat_service": [40],
-    }
-    for split in ("train", "val", "test")
-}
-
-
-def write_video(video_dir: Path, length: int, size=(SIZE, SIZE), tag: int = 0) -> None:
-    """Write `length` JPEG frames whose colours differ per frame and per `tag`."""
-    video_dir.mkdir(parents=True, exist_ok=True)
-    width, height = size
-    ramp = np.linspace(0, 255, width, dtype=np.uint8)[None, :].repeat(height, axis=0)
-    for i in range(length):
-        pixels = np.stack([ramp, np.full_like(ramp, i * 13 % 256), np.full_like(ramp, tag)], -1)
-        Image.fromarray(pixels).save(video_dir / f"frame_{i:04d}.jpg", quality=95)
-
-
-def make_tree(root: Path, layout: dict[str, dict[str, list[int]]] = LAYOUT) -> Path:
-    """<root>/<split>/<action>/v<k>/frame_%04d.jpg, one video per listed length."""
-    for split, actions in layout.items():
-        for a, (action, lengths) in enumerate(actions.items()):
-            for k, length in enumerate(lengths):
-                write_video(root / split / action / f"v{k:03d}", length, tag=a * 40 + k)
-    return root
 
 
 def make_cfg(root: Path, **overrides):
@@ -146,11 +119,11 @@ def test_natural_sort_shortcut_agrees_with_the_key():
             names.add("".join(rng.choices(alphabet, k=rng.randint(1, 6))))
         shortcuts += len({len(name) for name in names}) == 1
         # Ties of the key (9, 09) keep lexical order.
-        expected = sorted(sorted(names), key=data._natural_key)
-        assert data._natural_sorted(list(names)) == expected, names
+        expected = sorted(sorted(names), key=split_index._natural_key)
+        assert split_index._natural_sorted(list(names)) == expected, names
     assert shortcuts > 1000
     padded = [f"frame_{i:04d}.jpg" for i in (10, 2, 9999, 0)]
-    assert data._natural_sorted(padded + ["frame_10000.jpg"])[-2:] == [
+    assert split_index._natural_sorted(padded + ["frame_10000.jpg"])[-2:] == [
         "frame_9999.jpg",
         "frame_10000.jpg",
     ]
@@ -224,11 +197,11 @@ def test_real_train_split_window_counts(tmp_path, monkeypatch):
         for k, length in enumerate(lengths(spec)):
             (split_dir / action / f"v{k:03d}_L{length}").mkdir(parents=True)
 
-    def fake_list_frames(video_dir: str) -> data.VideoFrames:
+    def fake_list_frames(video_dir: str) -> split_index.VideoFrames:
         length = int(video_dir.rsplit("_L", 1)[1])
-        return data.VideoFrames(video_dir, [f"frame_{i:04d}.jpg" for i in range(length)])
+        return split_index.VideoFrames(video_dir, [f"frame_{i:04d}.jpg" for i in range(length)])
 
-    monkeypatch.setattr(data, "_list_frames", fake_list_frames)
+    monkeypatch.setattr(split_index, "_list_frames", fake_list_frames)
     cfg = make_cfg(tmp_path / "d")
     index = scan_split(tmp_path / "d", "train", cfg)
     assert index.class_counts(cfg.events) == {
@@ -354,7 +327,7 @@ def test_cache_reused_then_rebuilt_on_change(tmp_path, monkeypatch):
         raise AssertionError("the cache was rebuilt")
 
     with monkeypatch.context() as patch:
-        patch.setattr(data, "_load_frame", no_decoding)
+        patch.setattr(frame_cache, "load_frame", no_decoding)
         build_datasets(cfg, seed=0)
     assert cache_files(root) == first
 
@@ -385,7 +358,7 @@ def test_cache_key_follows_every_frame(tmp_path):
     cfg = make_cfg(root)
 
     def key() -> str:
-        return data._cache_key(scan_split(root, "train", cfg), SIZE)
+        return frame_cache._cache_key(scan_split(root, "train", cfg), SIZE)
 
     first = key()
     assert key() == first
@@ -410,10 +383,10 @@ def test_concurrent_builds_of_one_cache(tmp_path):
     index = scan_split(root, "train", make_cfg(root))
     path = tmp_path / "cache" / "train.npy"
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda _: data._build_cache(index, SIZE, path), range(2)))
+        list(pool.map(lambda _: frame_cache._build_cache(index, SIZE, path), range(2)))
     assert [p.name for p in path.parent.iterdir()] == ["train.npy"]
     frames = np.load(path, mmap_mode="r")
-    first, _ = data._load_frame(index.videos[0][0], SIZE)
+    first, _ = frame_cache.load_frame(index.videos[0][0], SIZE)
     assert frames.shape == (130, 3, SIZE, SIZE)
     assert np.array_equal(frames[0], first.numpy())
 
@@ -467,7 +440,7 @@ def test_synthetic_generated_first(tmp_path, monkeypatch, as_string):
 
 
 def test_the_thetis_config_maps_the_folders_the_generator_and_prepare_write():
-    from .conftest import compose_config
+    from ..helpers.configs import compose_config
 
     for dataset in ("thetis", "synthetic"):
         cfg = compose_config([f"data={dataset}", "data.root=/frames"]).data
@@ -477,7 +450,7 @@ def test_the_thetis_config_maps_the_folders_the_generator_and_prepare_write():
 def test_a_dataset_without_an_action_mapping_is_one_line():
     from tennis_exp.config import validate
 
-    from .conftest import compose_config
+    from ..helpers.configs import compose_config
 
     cfg = compose_config([])
     cfg.data.actions = {}  # a new dataset's config that forgot its mapping

@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
 from tennis_exp.config import Precision
-from tennis_exp.data.frames import build_datasets, make_loader
+from tennis_exp.data.frames import build_datasets
+from tennis_exp.data.loaders import make_loader
 from tennis_exp.engine import distributed
 from tennis_exp.engine.checkpoint import load_weights
 from tennis_exp.engine.distributed import Dist
@@ -27,7 +28,8 @@ from tennis_exp.engine.evaluation import evaluate
 from tennis_exp.errors import UserError
 from tennis_exp.models.cnn_lstm import build_model
 
-from .conftest import CONF, compose_config, run_cli
+from ..helpers.commands import run_cli
+from ..helpers.configs import CONF, compose_config
 
 
 def _args(tmp_path, *extra, data_root=None):

@@ -10,7 +10,7 @@ from tennis_exp.engine.hardware import autocast
 from tennis_exp.errors import UserError
 from tennis_exp.models.cnn_lstm import build_model
 
-from .conftest import compose_config
+from ..helpers.configs import compose_config
 
 
 def _model(*overrides):

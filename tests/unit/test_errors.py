@@ -12,7 +12,8 @@ from tennis_exp.engine import checkpoint
 from tennis_exp.engine import train as train_module
 from tennis_exp.errors import UserError, one_line_report
 
-from .conftest import fit_untracked, run_cli
+from ..helpers.commands import run_cli
+from ..helpers.configs import fit_untracked
 
 
 def _smoke(tmp_path, *extra):

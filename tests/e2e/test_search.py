@@ -11,7 +11,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from .conftest import CONF, run_cli
+from ..helpers.commands import run_cli
+from ..helpers.configs import CONF
 
 PRESET = CONF / "hparams_search" / "tennis_optuna.yaml"
 SEARCHED = [

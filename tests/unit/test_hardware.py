@@ -21,7 +21,7 @@ from tennis_exp.engine.hardware import (
 )
 from tennis_exp.errors import UserError
 
-from .conftest import compose_config
+from ..helpers.configs import compose_config
 
 PD, CONST = BatchScaling.per_device, BatchScaling.constant
 NONE, LIN, SQRT = LrScaling.none, LrScaling.linear, LrScaling.sqrt

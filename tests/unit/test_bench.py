@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from bench.run import CASES, FULL, RATIOS, SIZES, Bench, largest_batch
 from tennis_exp.config import register_configs
 
-from .conftest import ROOT, run_quick_bench, table_rows
+from ..helpers.commands import run_quick_bench, table_rows
+from ..helpers.configs import ROOT
 
 
 @pytest.mark.slow

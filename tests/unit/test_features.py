@@ -24,7 +24,7 @@ from tennis_exp.engine.train import initial_model
 from tennis_exp.errors import UserError
 from tennis_exp.models.cnn_lstm import small_cnn
 
-from .conftest import compose_config, fit_untracked
+from ..helpers.configs import compose_config, fit_untracked
 
 CURVES = ["train/loss", "train/acc", "val/loss", "val/macro_f1"]
 

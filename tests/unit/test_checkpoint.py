@@ -19,7 +19,7 @@ from tennis_exp.engine.train import initial_model
 from tennis_exp.errors import UserError
 from tennis_exp.models.cnn_lstm import build_model
 
-from .conftest import compose_config
+from ..helpers.configs import compose_config
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,10 @@ from torch.utils.data import Subset
 
 from tennis_exp.data import device_cache
 from tennis_exp.data.device_cache import DeviceBatches, DeviceWindows, fits, fits_on, wanted
-from tennis_exp.data.frames import build_datasets, make_loader
+from tennis_exp.data.frames import build_datasets
+from tennis_exp.data.loaders import ResumableSampler, make_loader
 from tennis_exp.engine import train as train_module
 from tennis_exp.engine.distributed import Dist
-from tennis_exp.engine.loop import ResumableSampler
 
 GiB = 2**30
 CPU = torch.device("cpu")
@@ -66,7 +66,7 @@ def test_frames_that_do_not_fit_are_said_once_and_the_loader_reads_them(monkeypa
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
-    from .conftest import compose_config
+    from ..helpers.configs import compose_config
 
     root = tmp_path_factory.mktemp("device-cache")
     cfg = compose_config(["debug=smoke", f"data.root={root / 'data'}",
@@ -114,7 +114,7 @@ def test_a_ranks_val_shard_holds_only_its_frames(datasets):
 
 
 def test_shuffled_frames_are_shuffled_alike(tmp_path):
-    from .conftest import compose_config
+    from ..helpers.configs import compose_config
 
     data = [f"data.root={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'c'}"]
     cfg = compose_config(["debug=smoke", "data.shuffle_frames=true", *data])

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from .conftest import ROOT
+from ..helpers.configs import ROOT
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")

@@ -47,7 +47,8 @@ from tennis_exp.inference.segments import (
 from tennis_exp.inference.windows import Ring
 from tennis_exp.models.cnn_lstm import build_model
 
-from .conftest import compose_config, run_cli, run_quick_bench
+from ..helpers.commands import run_cli, run_quick_bench
+from ..helpers.configs import compose_config
 
 EVENTS = ["Smash", "Net Play", "Rally", "Serve"]
 A, B = "Smash", "Net Play"

@@ -13,7 +13,7 @@ from tennis_exp.engine import distributed
 from tennis_exp.engine.hardware import DeviceSetup, RunPlan, plan_scaling, wrap_model
 from tennis_exp.models.cnn_lstm import build_model
 
-from .conftest import compose_config
+from ..helpers.configs import compose_config
 
 PER_DEVICE, WORLD = 3, 2
 

@@ -16,7 +16,8 @@ from tennis_exp.engine.objective import class_weights
 from tennis_exp.errors import UserError
 from tennis_exp.models.cnn_lstm import build_model
 
-from .conftest import compose_config, run_cli
+from ..helpers.commands import run_cli
+from ..helpers.configs import compose_config
 
 EVENTS = ["Smash", "Net Play", "Rally", "Serve"]
 

@@ -15,7 +15,8 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from .conftest import ROOT, run_cli
+from ..helpers.commands import run_cli
+from ..helpers.configs import ROOT
 
 CHROMIUM = shutil.which("chromium")
 ARTIFACTS = ROOT / "test-artifacts"

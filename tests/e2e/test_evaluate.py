@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from .conftest import run_cli
+from ..helpers.commands import run_cli
 
 
 def _data_args(root):

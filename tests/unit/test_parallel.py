@@ -19,7 +19,8 @@ from tennis_exp.engine.devicepool import claimed, job_devices
 from tennis_exp.engine.hardware import select_devices
 from tennis_exp.errors import UserError
 
-from .conftest import CONF, compose_config, run_cli
+from ..helpers.commands import run_cli
+from ..helpers.configs import CONF, compose_config
 
 JOBLIB = devicepool.SIDE_BY_SIDE[0]
 

@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 from tennis_exp.engine.checkpoint import load_weights
 from tennis_exp.models.cnn_lstm import build_model
 
-from .conftest import compose_config, run_cli
+from ..helpers.commands import run_cli
+from ..helpers.configs import compose_config
 
 
 def _smoke_args(tmp_path: Path) -> list[str]:
@@ -190,7 +191,7 @@ def test_the_scaled_lr_is_the_lr_that_trains(tmp_path):
 
 
 def test_smoke_runs_tiny_on_the_data_it_was_given(tmp_path):
-    from .test_data import make_tree
+    from ..helpers.frame_trees import make_tree
 
     layout = {
         split: {"smash": [16] * 10, "forehand_volley": [16], "backhand": [24], "flat_service": [16]}

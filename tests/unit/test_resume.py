@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from tennis_exp.engine import train as train_module
 
-from .conftest import run_cli
+from ..helpers.commands import run_cli
 
 METRICS = ["train/loss", "train/acc", "val/loss", "val/macro_f1", "lr"]
 

@@ -20,7 +20,7 @@ from tennis_exp.data.synthetic_videos import write_video, write_videos
 from tennis_exp.data.video import VIDEO_SUFFIXES, VideoReader
 from tennis_exp.errors import UserError
 
-from .conftest import run_cli, run_quick_bench, table_rows
+from ..helpers.commands import run_cli, run_quick_bench, table_rows
 
 ACTIONS = [*THETIS_ACTIONS, *THETIS_EXCLUDED]
 

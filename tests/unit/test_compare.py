@@ -20,7 +20,7 @@ from tennis_exp.tracking.compare import (
 from tennis_exp.tracking.runs import ensure_experiment, filter_value, runs_tagged
 from tennis_exp.tracking.sweep import SweepTracking, child_runs, record_failed_job, sweep_parent
 
-from .conftest import CONF, compose_config
+from ..helpers.configs import CONF, compose_config
 
 
 def _row(name, device, devices, samples_per_sec):

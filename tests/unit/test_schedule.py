@@ -11,7 +11,7 @@ import torch
 from tennis_exp.engine.hardware import plan_scaling
 from tennis_exp.engine.schedule import LrSchedule, Plateau, plateau_step
 
-from .conftest import compose_config
+from ..helpers.configs import compose_config
 
 PROFILES = ["cpu", "gpu1", "gpu2", "gpu4", "colab", "cpu_ddp2"]
 RULES = ["none", "linear", "sqrt"]

@@ -1,0 +1,1 @@
+"""The test kit: helpers every test file shares, written once."""

@@ -1,0 +1,32 @@
+"""Configs composed as the commands compose them (Hydra's compose API), and one process's
+training loop run on one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from tennis_exp.config import register_configs
+from tennis_exp.engine.distributed import Dist
+from tennis_exp.engine.hardware import plan_run
+from tennis_exp.engine.loop import Job
+from tennis_exp.engine.train import fit_and_test
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+
+register_configs()
+
+
+def compose_config(overrides: list[str] | None = None, hydra: bool = False) -> DictConfig:
+    """The config `python -m tennis_exp OVERRIDES` runs with; with `hydra`, Hydra's own node
+    (launcher, sweeper) too."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides or [], return_hydra_config=hydra)
+
+
+def fit_untracked(cfg: DictConfig, output_dir: Path) -> float:
+    """The training loop of one process on `cfg`, with no MLflow run: fit, then test."""
+    return fit_and_test(Job(cfg, plan_run(cfg), output_dir, None, ""), Dist(), None, None)
