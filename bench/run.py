@@ -63,7 +63,8 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from bench.results import add_dirs, cpu_name, load, publish
 from tennis_exp.config import Precision, register_configs, uses_feature_cache
-from tennis_exp.data.frames import build_datasets, make_loader
+from tennis_exp.data.frames import build_datasets
+from tennis_exp.data.loaders import make_loader
 from tennis_exp.engine import distributed
 from tennis_exp.engine.distributed import Dist
 from tennis_exp.engine.features import cached_features

@@ -42,7 +42,8 @@ def main() -> None:
     from torch.utils.data import RandomSampler
 
     from tennis_exp.config import register_configs, validate
-    from tennis_exp.data.frames import build_datasets, make_loader
+    from tennis_exp.data.frames import build_datasets
+    from tennis_exp.data.loaders import make_loader
     from tennis_exp.engine.hardware import plan_run, wrap_model
     from tennis_exp.engine.loop import Job
     from tennis_exp.engine.train import log_run_inputs

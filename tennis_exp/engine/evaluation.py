@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from tennis_exp.config import Config, Precision, Strategy, from_container, validate
-from tennis_exp.data.frames import WindowDataset, build_split, make_loader
+from tennis_exp.data.frames import WindowDataset, build_split
+from tennis_exp.data.loaders import make_loader
 from tennis_exp.engine import checkpoint
 from tennis_exp.engine.distributed import Dist
 from tennis_exp.engine.hardware import autocast, plan_run, wrap_model

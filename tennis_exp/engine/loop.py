@@ -5,10 +5,9 @@ best weights. Rank 0 logs to MLflow and writes the checkpoints."""
 from __future__ import annotations
 
 import logging
-import random
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -18,21 +17,21 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DistributedSampler, Subset
 from tqdm import tqdm
 
-from tennis_exp.config import Precision, Strategy, feature_cache_blocker, uses_feature_cache
-from tennis_exp.data import device_cache
+from tennis_exp.config import Precision, feature_cache_blocker, uses_feature_cache
 from tennis_exp.data.augment import augment
-from tennis_exp.data.device_cache import DeviceBatches, DeviceWindows
-from tennis_exp.data.frames import WindowDataset, make_loader
+from tennis_exp.data.frames import WindowDataset
+from tennis_exp.data.loaders import ResumableSampler, TimedBatches, device_batches, make_loaders
 from tennis_exp.engine import checkpoint
 from tennis_exp.engine.checkpoint import Checkpoint, StopSignal, signals_deferred, unwrap
+from tennis_exp.engine.device_memory import peak_memory, reset_peak_memory, synchronize
 from tennis_exp.engine.distributed import Dist
 from tennis_exp.engine.evaluation import Evaluation, evaluate
 from tennis_exp.engine.features import cached_features
 from tennis_exp.engine.hardware import RunPlan, autocast, wrap_model
 from tennis_exp.engine.metrics import plot_confusion
+from tennis_exp.engine.rng import rng_state, set_rng_state
 from tennis_exp.engine.schedule import LrSchedule, plateau_step
 from tennis_exp.engine.state import EpochProgress, TrainState
 from tennis_exp.errors import UserError
@@ -110,9 +109,10 @@ class Trainer:
         )
         self.params = [p for group in self.state.optimizer.param_groups for p in group["params"]]
         self.sampler = ResumableSampler(datasets["train"], cfg.seed, dist)
+        batch, device = self.plan.loader_batch_size, self.plan.device
         self.loaders = device_batches(
-            datasets, self.sampler, self.plan, dist, cfg.data.device_cache
-        ) or make_loaders(datasets, self.sampler, self.plan, dist, self.tcfg, cfg.seed)
+            datasets, self.sampler, batch, device, dist, cfg.data.device_cache
+        ) or make_loaders(datasets, self.sampler, batch, device, dist, self.tcfg, cfg.seed)
         train_batches = len(self.loaders["train"])
         self.steps_per_epoch = min(train_batches, self.tcfg.max_batches or train_batches)
         self.schedule = LrSchedule.for_run(
@@ -430,138 +430,3 @@ class Trainer:
             leave=False,
             dynamic_ncols=True,
         )
-
-
-class TimedBatches:
-    """Batches, timed from the `warmup`-th on: the samples that went through, and the time
-    spent waiting for the next batch (the loader's share of the epoch)."""
-
-    def __init__(self, batches: Iterable, warmup: int, sync) -> None:
-        self.batches, self.warmup, self.sync = batches, warmup, sync
-        self.since: float | None = None
-        self.samples = 0
-        self.waited = 0.0
-
-    def __iter__(self) -> Iterator:
-        for i, batch in enumerate(self._fetched()):
-            if i == self.warmup:
-                self.sync()
-                self.since = time.perf_counter()
-            yield batch
-            if self.since is not None:
-                self.samples += len(batch[1])
-
-    def _fetched(self) -> Iterator:
-        batches = iter(self.batches)
-        while True:
-            asked = time.perf_counter()
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            if self.since is not None:
-                self.waited += time.perf_counter() - asked
-            yield batch
-
-
-class ResumableSampler(DistributedSampler):
-    """This rank's share of the training windows in a new order every epoch, seeded by seed +
-    epoch and so the same whatever the process (one process is a world of one); an epoch can
-    start `skip` windows in, where a stopped run left it."""
-
-    def __init__(self, dataset, seed: int, dist: Dist) -> None:
-        super().__init__(dataset, num_replicas=dist.world_size, rank=dist.rank, seed=seed)
-        self.skip = 0
-
-    def start_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.set_epoch(epoch)
-        self.skip = skip
-
-    def __iter__(self) -> Iterator[int]:
-        return islice(super().__iter__(), self.skip, None)
-
-
-def device_batches(datasets, sampler, plan: RunPlan, dist: Dist, setting) -> dict | None:
-    """The splits' batches gathered from frames held on the device (the same batches as
-    `make_loaders`'), or None where data.device_cache does not apply or they do not fit."""
-    # Only over a frame cache (validation refuses `true` without one).
-    if not device_cache.wanted(setting, plan.device) or any(
-        d.cache_file is None for d in datasets.values()
-    ):
-        return None
-    windows = {  # a rank holds its val and test shards, and all of train (reshuffled each epoch)
-        split: DeviceWindows(
-            d, range(dist.rank, len(d), dist.world_size) if split != "train" else None
-        )
-        for split, d in datasets.items()
-    }
-    nbytes = sum(w.nbytes for w in windows.values())
-    if not device_cache.fits_on(plan.device, nbytes, setting):
-        return None
-    log.info("data.device_cache: %.2f GiB of frames on %s, no loader", nbytes / 2**30, plan.device)
-    batch = plan.loader_batch_size
-    return {
-        split: DeviceBatches(
-            w.to(plan.device), sampler if split == "train" else range(len(w)), batch
-        )
-        for split, w in windows.items()
-    }
-
-
-def make_loaders(datasets, sampler, plan: RunPlan, dist: Dist, training, seed: int):
-    """The train loader over `sampler`; val and test split over the ranks, each window once."""
-    batch = plan.loader_batch_size
-    return {
-        "train": make_loader(datasets["train"], batch, training, plan.device, seed, sampler),
-        **{
-            split: make_loader(
-                Subset(datasets[split], range(dist.rank, len(datasets[split]), dist.world_size)),
-                batch,
-                training,
-                plan.device,
-                seed,
-            )
-            for split in ("val", "test")
-        },
-    }
-
-
-def reset_peak_memory(plan: RunPlan) -> None:
-    if plan.device.type != "cuda":
-        return
-    torch.cuda.reset_peak_memory_stats(plan.device)
-    for i in plan.setup.device_ids if plan.strategy is Strategy.dp else []:
-        torch.cuda.reset_peak_memory_stats(i)
-
-
-def peak_memory(plan: RunPlan) -> dict[str, float]:
-    """Peak allocated memory per GPU this epoch, in MiB (GPU 0 carries DataParallel's extra).
-    Under DDP each rank sees only its own GPU: this is rank 0's."""
-    if plan.device.type != "cuda":
-        return {}
-    ids = plan.setup.device_ids if plan.strategy is Strategy.dp else [plan.device.index]
-    return {f"perf/peak_mem_mb/gpu{i}": torch.cuda.max_memory_allocated(i) / 2**20 for i in ids}
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

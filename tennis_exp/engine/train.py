@@ -22,9 +22,10 @@ from tennis_exp.engine import checkpoint, distributed
 from tennis_exp.engine.checkpoint import Checkpoint
 from tennis_exp.engine.distributed import Dist
 from tennis_exp.engine.hardware import RunPlan, plan_run
-from tennis_exp.engine.loop import Job, Trainer, seed_everything
+from tennis_exp.engine.loop import Job, Trainer
 from tennis_exp.engine.metrics import metric_name
 from tennis_exp.engine.objective import class_weights
+from tennis_exp.engine.rng import seed_everything
 from tennis_exp.models.cnn_lstm import CNNLSTM, build_model
 from tennis_exp.tracking.runs import (
     OVERRIDES_TAG,
