@@ -1,4 +1,5 @@
-"""Fixtures for every test: configs composed once and handed out as copies."""
+"""Fixtures for every test: the tiny synthetic twin made once per session, and configs
+composed once and handed out as copies."""
 
 from __future__ import annotations
 
@@ -7,15 +8,31 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, open_dict
 
+from tennis_exp.data.frames import build_datasets
+
 from .helpers.configs import compose_config
+from .helpers.store import sqlite_uri
+
+
+@pytest.fixture(scope="session")
+def tiny_twin(tmp_path_factory) -> Path:
+    """The frames `debug=smoke` generates (the tiny preset of the synthetic tennis twin), made
+    once per session through the runs' own data path: point data.root at it and a run finds it
+    made. Read only: a test that changes frames copies it first."""
+    root = tmp_path_factory.mktemp("tiny-twin")
+    cfg = compose_config(["debug=smoke", f"data.root={root / 'data'}"])
+    with open_dict(cfg):
+        cfg.data.frame_cache = False  # the frames only: each run builds its cache where told
+    build_datasets(cfg.data, cfg.seed)
+    return root / "data"
 
 
 @pytest.fixture
-def smoke_cfg(tmp_path: Path) -> DictConfig:
-    """`debug=smoke` on the CPU, with its data and MLflow store inside tmp_path."""
+def smoke_cfg(tiny_twin: Path, tmp_path: Path) -> DictConfig:
+    """`debug=smoke` on the CPU on the tiny twin, its frame cache and MLflow store in tmp_path."""
     cfg = compose_config(["debug=smoke", "hardware=cpu"])
     with open_dict(cfg):
-        cfg.data.root = str(tmp_path / "data")
+        cfg.data.root = str(tiny_twin)
         cfg.data.cache_dir = str(tmp_path / "cache")
-        cfg.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        cfg.tracking.uri = sqlite_uri(tmp_path)
     return cfg

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,31 +12,16 @@ from mlflow.tracking import MlflowClient
 from tennis_exp.engine.checkpoint import load_weights
 from tennis_exp.models.cnn_lstm import build_model
 
-from ..helpers.commands import run_cli
+from ..helpers.commands import run_cli, smoke_args
 from ..helpers.configs import compose_config
+from ..helpers.frame_trees import make_tree
+from ..helpers.store import runs_of, sqlite_uri, sweep_of
 
 
-def _smoke_args(tmp_path: Path) -> list[str]:
-    return [
-        "debug=smoke",
-        f"data.root={tmp_path / 'data'}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"tracking.uri={_uri(tmp_path)}",
-    ]
-
-
-def _uri(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-
-def _runs(tmp_path: Path, experiment: str = "tennis_4event"):
-    client = MlflowClient(_uri(tmp_path))
-    exp = client.get_experiment_by_name(experiment)
-    return client, ([] if exp is None else client.search_runs([exp.experiment_id]))
-
-
-def test_smoke_run_is_tracked_in_mlflow(tmp_path):
-    out = run_cli([*_smoke_args(tmp_path), f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+def test_smoke_run_is_tracked_in_mlflow(tiny_twin, tmp_path):
+    out = run_cli(
+        smoke_args(tiny_twin, tmp_path, f"hydra.run.dir={tmp_path / 'run'}"), cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     log = out.stdout + out.stderr
     # gpu1 is the default profile; without CUDA it falls back to the CPU and says so.
@@ -45,9 +29,8 @@ def test_smoke_run_is_tracked_in_mlflow(tmp_path):
     assert "Using device: cpu" in log
     assert "Train set: " in log and "Effective batch size: 8" in log
 
-    client, runs = _runs(tmp_path)
-    assert len(runs) == 1
-    run = runs[0]
+    client = MlflowClient(sqlite_uri(tmp_path))
+    [run] = runs_of(sqlite_uri(tmp_path))
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "gpu1-dp-bs8-lr1e-4"
     params = run.data.params
@@ -113,19 +96,19 @@ def test_smoke_run_is_tracked_in_mlflow(tmp_path):
 
 def _sweep(tmp_path):
     """(parent run, its child runs) of the only sweep in the store."""
-    client, runs = _runs(tmp_path)
-    [parent] = [r for r in runs if r.data.tags.get("tennis_exp.role") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == len(runs) - 1  # every job is nested under the sweep
-    return client, parent, children
+    parent, others = sweep_of(sqlite_uri(tmp_path))
+    children = [r for r in others if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(others)  # every job is nested under the sweep
+    return MlflowClient(sqlite_uri(tmp_path)), parent, children
 
 
-def test_multirun_of_two_cpu_jobs(tmp_path):
+def test_multirun_of_two_cpu_jobs(tiny_twin, tmp_path):
     sweep = tmp_path / "sweep"
     out = run_cli(
-        ["--multirun", "hardware=cpu,gpu1", *_smoke_args(tmp_path), f"hydra.sweep.dir={sweep}"],
+        ["--multirun", "hardware=cpu,gpu1", *smoke_args(tiny_twin, tmp_path),
+         f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path,
-    )
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [
         "0-cpu",
@@ -155,7 +138,7 @@ def test_multirun_of_two_cpu_jobs(tmp_path):
             "--sweep-dir",
             str(sweep),
             "--tracking-uri",
-            _uri(tmp_path),
+            sqlite_uri(tmp_path),
             "--out",
             str(tmp_path / "again"),
         ],
@@ -169,21 +152,22 @@ def test_multirun_of_two_cpu_jobs(tmp_path):
     assert (tmp_path / "again" / "comparison.csv").read_text() == "\n".join(table) + "\n"
 
 
-def test_the_scaled_lr_is_the_lr_that_trains(tmp_path):
+def test_the_scaled_lr_is_the_lr_that_trains(tiny_twin, tmp_path):
     # The guide's rule under DDP: 2 ranks of batch 8, effective 16, LR 1e-4 x 2. The warmup
     # reaches it within epoch 1, and every epoch's last step trains at exactly that LR.
     out = run_cli(
-        [
-            *_smoke_args(tmp_path),
+        smoke_args(
+            tiny_twin,
+            tmp_path,
             "hardware=cpu_ddp2",
             "training.epochs=3",
             f"hydra.run.dir={tmp_path / 'run'}",
-        ],
+        ),
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Learning rate: 0.0002 (linear: 0.0001 x (16/8)^1)" in out.stdout
-    client, [run] = _runs(tmp_path)
+    client, [run] = MlflowClient(sqlite_uri(tmp_path)), runs_of(sqlite_uri(tmp_path))
     planned = float(run.data.params["scaling.learning_rate"])
     assert planned == 2e-4
     history = client.get_metric_history(run.info.run_id, "lr")
@@ -191,8 +175,6 @@ def test_the_scaled_lr_is_the_lr_that_trains(tmp_path):
 
 
 def test_smoke_runs_tiny_on_the_data_it_was_given(tmp_path):
-    from ..helpers.frame_trees import make_tree
-
     layout = {
         split: {"smash": [16] * 10, "forehand_volley": [16], "backhand": [24], "flat_service": [16]}
         for split in ("train", "val", "test")
@@ -205,7 +187,7 @@ def test_smoke_runs_tiny_on_the_data_it_was_given(tmp_path):
             "debug=smoke",
             "hardware=cpu",
             f"data.cache_dir={tmp_path / 'cache'}",
-            f"tracking.uri={_uri(tmp_path)}",
+            f"tracking.uri={sqlite_uri(tmp_path)}",
             f"hydra.run.dir={tmp_path / 'run'}",
         ],
         cwd=tmp_path,
@@ -217,21 +199,22 @@ def test_smoke_runs_tiny_on_the_data_it_was_given(tmp_path):
     assert not (tmp_path / "data").exists() and not (frames / ".synthetic.json").exists()
 
 
-def test_system_metrics_are_logged_when_asked(tmp_path):
+def test_system_metrics_are_logged_when_asked(tiny_twin, tmp_path):
     out = run_cli(
-        [
-            *_smoke_args(tmp_path),
+        smoke_args(
+            tiny_twin,
+            tmp_path,
             "hardware=cpu",
             "tracking.system_metrics=true",
             "training.epochs=4",
             "training.max_batches=null",
             f"hydra.run.dir={tmp_path / 'run'}",
-        ],
+        ),
         cwd=tmp_path,
         env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"},
     )
     assert out.returncode == 0, out.stderr
-    _, [run] = _runs(tmp_path)
+    [run] = runs_of(sqlite_uri(tmp_path))
     assert "system/cpu_utilization_percentage" in run.data.metrics
     assert "system/system_memory_usage_megabytes" in run.data.metrics
 
@@ -244,13 +227,13 @@ def test_runs_started_at_the_same_moment_get_their_own_directories(tmp_path):
     assert len(dirs) == 2 and all((d / ".hydra" / "config.yaml").is_file() for d in dirs)
 
 
-def test_sweep_goes_on_past_a_failed_job(tmp_path):
+def test_sweep_goes_on_past_a_failed_job(tiny_twin, tmp_path):
     # No GPU here: the gpu2 job fails, the cpu job after it still runs.
     out = run_cli(
         [
             "--multirun",
             "hardware=gpu2,cpu",
-            *_smoke_args(tmp_path),
+            *smoke_args(tiny_twin, tmp_path),
             f"hydra.sweep.dir={tmp_path / 'sweep'}",
         ],
         cwd=tmp_path,
@@ -277,7 +260,7 @@ def test_a_swept_preset_in_another_experiment_is_refused_in_one_line(tmp_path):
     # report its job. tennis_baseline's job, in tennis_4event, runs.
     out = run_cli(
         ["--multirun", "experiment=badminton_scratch,tennis_baseline", "model=small_cnn",
-         "data=synthetic_badminton", *_smoke_args(tmp_path),
+         "data=synthetic_badminton", *smoke_args(tmp_path / "data", tmp_path),
          f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=tmp_path,
     )  # fmt: skip
@@ -292,7 +275,7 @@ def test_a_swept_preset_in_another_experiment_is_refused_in_one_line(tmp_path):
     _, parent, runs = _sweep(tmp_path)
     assert parent.info.status == "FAILED"
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
-    assert _runs(tmp_path, "badminton_transfer")[1] == []
+    assert runs_of(sqlite_uri(tmp_path), "badminton_transfer") == []
 
 
 def test_dry_run_plans_a_four_gpu_job_on_a_laptop(tmp_path):
@@ -300,7 +283,7 @@ def test_dry_run_plans_a_four_gpu_job_on_a_laptop(tmp_path):
         [
             "hardware=gpu4",
             "dry_run=true",
-            f"tracking.uri={_uri(tmp_path)}",
+            f"tracking.uri={sqlite_uri(tmp_path)}",
             f"hydra.run.dir={tmp_path / 'run'}",
         ],
         cwd=tmp_path,
@@ -343,10 +326,12 @@ def test_dry_run_plans_a_four_gpu_job_on_a_laptop(tmp_path):
         ("data=thetis data.root=/nonexistent/frames", "/nonexistent/frames"),
     ],
 )
-def test_bad_input_gives_one_line_and_leaves_no_run(tmp_path, override, expected):
+def test_bad_input_gives_one_line_and_leaves_no_run(tiny_twin, tmp_path, override, expected):
     # The real-data cases run without debug=smoke, which points data.root at synthetic data.
     args = (
-        [f"tracking.uri={_uri(tmp_path)}"] if override.startswith("data") else _smoke_args(tmp_path)
+        [f"tracking.uri={sqlite_uri(tmp_path)}"]
+        if override.startswith("data")
+        else smoke_args(tiny_twin, tmp_path)
     )
     out = run_cli(
         [*args, *override.split(), f"hydra.run.dir={tmp_path / 'run'}"],
@@ -357,5 +342,4 @@ def test_bad_input_gives_one_line_and_leaves_no_run(tmp_path, override, expected
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith("Error: ") and expected in lines[0]
-    _, runs = _runs(tmp_path)
-    assert runs == []
+    assert runs_of(sqlite_uri(tmp_path)) == []

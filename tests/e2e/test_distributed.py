@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,9 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as torch_dist
-from hydra import compose, initialize_config_dir
-from mlflow.tracking import MlflowClient
-from omegaconf import open_dict
 
 from tennis_exp.config import Precision
 from tennis_exp.data.frames import build_datasets
@@ -28,36 +26,27 @@ from tennis_exp.engine.evaluation import evaluate
 from tennis_exp.errors import UserError
 from tennis_exp.models.cnn_lstm import build_model
 
-from ..helpers.commands import run_cli
-from ..helpers.configs import CONF, compose_config
+from ..helpers.commands import run_cli, smoke_args
+from ..helpers.configs import compose_config
+from ..helpers.ports import free_port
+from ..helpers.store import jobs_of, only_run, sqlite_uri
 
 
-def _args(tmp_path, *extra, data_root=None):
-    return [
-        "debug=smoke",
-        "training.max_batches=null",  # the whole splits: the test metric is compared exactly
-        f"data.root={data_root or tmp_path / 'data'}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        *extra,
-    ]
+def _args(data, tmp_path, *extra):
+    # the whole splits: the test metric is compared exactly
+    return smoke_args(data, tmp_path, "training.max_batches=null", *extra)
 
 
-def _runs(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("tennis_4event")
-    return client.search_runs([exp.experiment_id])
-
-
-def test_two_gloo_processes_train_one_run(tmp_path):
+def test_two_gloo_processes_train_one_run(tiny_twin, tmp_path):
     out = run_cli(
-        _args(tmp_path, "hardware=cpu_ddp2", f"hydra.run.dir={tmp_path / 'run'}"), cwd=tmp_path
+        _args(tiny_twin, tmp_path, "hardware=cpu_ddp2", f"hydra.run.dir={tmp_path / 'run'}"),
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Strategy: ddp (backend gloo, world size 2)" in out.stdout
     assert "Effective batch size: 16" in out.stdout
 
-    [run] = _runs(tmp_path)
+    run = only_run(sqlite_uri(tmp_path))
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "cpu_ddp2-ddp-bs16-lr2e-4"
     params = run.data.params
@@ -68,9 +57,7 @@ def test_two_gloo_processes_train_one_run(tmp_path):
 
     # The DDP checkpoint loads into a plain model, and one process evaluating it over the
     # whole test split gets exactly what the two ranks reported together.
-    cfg = compose_config(_args(tmp_path, "hardware=cpu"))
-    with open_dict(cfg):
-        cfg.data.root, cfg.data.cache_dir = str(tmp_path / "data"), str(tmp_path / "cache")
+    cfg = compose_config(_args(tiny_twin, tmp_path, "hardware=cpu"))
     model = build_model(cfg.model, num_classes=4)
     load_weights(model, tmp_path / "run" / "checkpoints" / "best.pth")
     test_set = build_datasets(cfg.data, cfg.seed)["test"]
@@ -84,12 +71,11 @@ def test_two_gloo_processes_train_one_run(tmp_path):
     assert run.data.metrics["test/loss"] == pytest.approx(metrics["loss"], rel=1e-5)
 
 
-def _break_a_frame_of_rank_1(tmp_path, root):
-    """Generate the data under `root`, then break one val frame that only rank 1 of 2 reads (an
+def _break_a_frame_of_rank_1(tiny_twin, tmp_path, root):
+    """Copy the tiny twin to `root`, then break one val frame that only rank 1 of 2 reads (an
     odd window); with data.frame_cache=false the break surfaces in that rank alone, mid-run."""
-    cfg = compose_config(_args(tmp_path))
-    with open_dict(cfg):
-        cfg.data.root, cfg.data.cache_dir = str(root), str(tmp_path / "cache")
+    shutil.copytree(tiny_twin, root)
+    cfg = compose_config(_args(root, tmp_path, "data.frame_cache=false"))
     index = build_datasets(cfg.data, cfg.seed)["val"].index
     video, start = index.windows[1]
     broken = index.videos[video][start + 3]
@@ -97,10 +83,11 @@ def _break_a_frame_of_rank_1(tmp_path, root):
     return broken
 
 
-def test_a_failing_rank_stops_the_job_and_fails_the_run(tmp_path):
-    broken = _break_a_frame_of_rank_1(tmp_path, tmp_path / "data")
+def test_a_failing_rank_stops_the_job_and_fails_the_run(tiny_twin, tmp_path):
+    broken = _break_a_frame_of_rank_1(tiny_twin, tmp_path, tmp_path / "data")
     out = run_cli(
         _args(
+            tmp_path / "data",
             tmp_path,
             "hardware=cpu_ddp2",
             "data.frame_cache=false",
@@ -112,19 +99,20 @@ def test_a_failing_rank_stops_the_job_and_fails_the_run(tmp_path):
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: rank 1 of 2 failed: ") and broken.name in last
-    [run] = _runs(tmp_path)
+    run = only_run(sqlite_uri(tmp_path))
     assert run.info.status == "FAILED"
     assert "rank 1 of 2 failed" in run.data.tags["error"]
 
 
-def test_multirun_single_process_then_ddp(tmp_path):
+def test_multirun_single_process_then_ddp(tiny_twin, tmp_path):
     sweep = tmp_path / "sweep"
     out = run_cli(
-        ["--multirun", "hardware=cpu,cpu_ddp2", *_args(tmp_path), f"hydra.sweep.dir={sweep}"],
+        ["--multirun", "hardware=cpu,cpu_ddp2", *_args(tiny_twin, tmp_path),
+         f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path,
-    )
+    )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    jobs = [r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
+    jobs = jobs_of(sqlite_uri(tmp_path))
     assert sorted((r.data.tags["hardware"], r.info.status) for r in jobs) == [
         ("cpu", "FINISHED"),
         ("cpu_ddp2", "FINISHED"),
@@ -132,28 +120,30 @@ def test_multirun_single_process_then_ddp(tmp_path):
     assert (sweep / "1-cpu_ddp2" / "checkpoints" / "best.pth").is_file()
 
 
-def _sweep(tmp_path, sweep, *overrides):
+def _sweep(data, tmp_path, sweep, *overrides):
     return run_cli(
-        ["--multirun", *overrides, *_args(tmp_path), f"hydra.sweep.dir={sweep}"], cwd=tmp_path
+        ["--multirun", *overrides, *_args(data, tmp_path), f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
     )
 
 
-def test_submitit_local_launcher_runs_a_job(tmp_path):
+def test_submitit_local_launcher_runs_a_job(tiny_twin, tmp_path):
     # The SLURM launcher's local mode: the job runs in a process submitit starts and watches.
     sweep = tmp_path / "sweep"
-    out = _sweep(tmp_path, sweep, "hydra/launcher=submitit_local", "hardware=cpu")
+    out = _sweep(tiny_twin, tmp_path, sweep, "hydra/launcher=submitit_local", "hardware=cpu")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Submitit 'local' sweep output dir" in out.stdout + out.stderr
-    [job] = [r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
+    [job] = jobs_of(sqlite_uri(tmp_path))
     assert job.info.status == "FINISHED" and job.data.tags["hardware"] == "cpu"
     assert list((sweep / ".submitit").iterdir())  # submitit's own job records
 
 
-def test_submitit_one_task_per_device_sweep(tmp_path):
+def test_submitit_one_task_per_device_sweep(tiny_twin, tmp_path):
     # hydra/launcher=local_ddp is slurm_ddp on this machine: submitit starts one task per
     # device and every task is one rank; two jobs, each with its own process group.
     sweep = tmp_path / "sweep"
     out = _sweep(
+        tiny_twin,
         tmp_path,
         sweep,
         "hydra/launcher=local_ddp",
@@ -161,7 +151,7 @@ def test_submitit_one_task_per_device_sweep(tmp_path):
         "training.learning_rate=1e-4,2e-4",
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    jobs = [r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
+    jobs = jobs_of(sqlite_uri(tmp_path))
     assert sorted(r.info.run_name for r in jobs) == [
         "cpu_ddp2-ddp-bs16-lr2e-4",
         "cpu_ddp2-ddp-bs16-lr4e-4",
@@ -171,7 +161,7 @@ def test_submitit_one_task_per_device_sweep(tmp_path):
         assert run.data.params["scaling.world_size"] == "2"
         assert run.data.params["scaling.per_device_batch_size"] == "8"
         assert run.data.params["scaling.effective_batch_size"] == "16"
-    cfg = compose_config(_args(tmp_path, "hardware=cpu"))
+    cfg = compose_config(_args(tiny_twin, tmp_path, "hardware=cpu"))
     for job in ("0-cpu_ddp2", "1-cpu_ddp2"):
         assert not (sweep / job / "ranks").exists()  # the tasks were the ranks: no launch
         load_weights(build_model(cfg.model, 4), sweep / job / "checkpoints" / "best.pth")
@@ -183,11 +173,11 @@ def test_submitit_one_task_per_device_sweep(tmp_path):
         assert "Strategy" not in logs[1]  # rank 1 stays quiet
 
 
-def test_a_failing_submitit_rank_fails_its_job_and_the_sweep_goes_on(tmp_path):
+def test_a_failing_submitit_rank_fails_its_job_and_the_sweep_goes_on(tiny_twin, tmp_path):
     # slurm_ddp's local twin: each task is one rank and nothing supervises them, so rank 1's
     # error must reach rank 0 (which keeps the run) and both must stop, soon.
-    bad, good = tmp_path / "bad", tmp_path / "good"
-    broken = _break_a_frame_of_rank_1(tmp_path, bad)
+    bad, good = tmp_path / "bad", tiny_twin
+    broken = _break_a_frame_of_rank_1(tiny_twin, tmp_path, bad)
     sweep = tmp_path / "sweep"
     out = run_cli(
         [
@@ -195,7 +185,7 @@ def test_a_failing_submitit_rank_fails_its_job_and_the_sweep_goes_on(tmp_path):
             "hydra/launcher=local_ddp",
             "hardware=cpu_ddp2",
             "data.frame_cache=false",
-            *_args(tmp_path, data_root=f"{bad},{good}"),
+            *_args(f"{bad},{good}", tmp_path),
             f"hydra.sweep.dir={sweep}",
         ],
         cwd=tmp_path,
@@ -207,8 +197,7 @@ def test_a_failing_submitit_rank_fails_its_job_and_the_sweep_goes_on(tmp_path):
     assert "not a readable JPEG" in last and "Traceback" not in out.stderr
     assert (out.stdout + out.stderr).count("not a readable JPEG") == 1  # rank 1 kept quiet
 
-    runs = [r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
-    jobs = {r.data.params["data.root"]: r for r in runs}
+    jobs = {r.data.params["data.root"]: r for r in jobs_of(sqlite_uri(tmp_path))}
     assert jobs[str(bad)].info.status == "FAILED"
     assert jobs[str(bad)].data.tags["error"] == last.removeprefix("Error: ")
     assert jobs[str(good)].info.status == "FINISHED"  # the sweep went on
@@ -229,14 +218,14 @@ def _logged_error_time(log: Path) -> float:
     return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def test_a_user_error_in_a_submitit_job_fails_the_sweep(tmp_path):
+def test_a_user_error_in_a_submitit_job_fails_the_sweep(tiny_twin, tmp_path):
     # The job runs in a process submitit starts: its failure reaches the command by its run.
     out = run_cli(
         [
             "--multirun",
             "hydra/launcher=submitit_local",
             "hardware=gpu2",
-            *_args(tmp_path),
+            *_args(tiny_twin, tmp_path),
             f"hydra.sweep.dir={tmp_path / 'sweep'}",
         ],
         cwd=tmp_path,
@@ -245,7 +234,7 @@ def test_a_user_error_in_a_submitit_job_fails_the_sweep(tmp_path):
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: hardware=gpu2 needs 2 CUDA device(s) but 0 visible")
-    [job] = [r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
+    [job] = jobs_of(sqlite_uri(tmp_path))
     assert job.info.status == "FAILED"
 
 
@@ -271,12 +260,9 @@ def test_on_nccl_another_ranks_failure_aborts_the_group(monkeypatch, failed_rank
 
 
 def test_slurm_ddp_asks_for_a_task_and_a_gpu_per_device():
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose(
-            "config",
-            ["hydra/launcher=slurm_ddp", "hardware=gpu4", "hardware.strategy=ddp"],
-            return_hydra_config=True,
-        )
+    cfg = compose_config(
+        ["hydra/launcher=slurm_ddp", "hardware=gpu4", "hardware.strategy=ddp"], hydra=True
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (1, 4, 4)
@@ -332,7 +318,7 @@ def test_submitit_tasks_that_do_not_match_the_config_are_a_user_error(
         distributed.init_process_group(compose_config(overrides))
 
 
-def test_torchrun_workers_do_not_launch_again(tmp_path):
+def test_torchrun_workers_do_not_launch_again(tiny_twin, tmp_path):
     out = subprocess.run(
         [
             sys.executable,
@@ -342,7 +328,7 @@ def test_torchrun_workers_do_not_launch_again(tmp_path):
             "-m",
             "tennis_exp",
             "hardware=cpu_ddp2",
-            *_args(tmp_path),
+            *_args(tiny_twin, tmp_path),
             f"hydra.run.dir={tmp_path / 'run'}",
         ],
         cwd=tmp_path,
@@ -353,19 +339,19 @@ def test_torchrun_workers_do_not_launch_again(tmp_path):
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert out.stdout.count("Strategy: ddp (backend gloo, world size 2)") == 1  # rank 0 only
-    [run] = _runs(tmp_path)
+    run = only_run(sqlite_uri(tmp_path))
     assert run.info.status == "FINISHED" and run.data.params["scaling.world_size"] == "2"
     assert (tmp_path / "run" / "checkpoints" / "best.pth").is_file()
 
 
-def test_sigterm_stops_every_rank_and_marks_the_run_killed(tmp_path):
+def test_sigterm_stops_every_rank_and_marks_the_run_killed(tiny_twin, tmp_path):
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "tennis_exp",
             "hardware=cpu_ddp2",
-            *_args(tmp_path, "training.epochs=50"),
+            *_args(tiny_twin, tmp_path, "training.epochs=50"),
             f"hydra.run.dir={tmp_path / 'run'}",
         ],
         cwd=tmp_path,
@@ -389,8 +375,7 @@ def test_sigterm_stops_every_rank_and_marks_the_run_killed(tmp_path):
     while any(Path(f"/proc/{pid}").exists() for pid in ranks):  # no rank left behind
         assert time.monotonic() < deadline, "a rank outlived the job"
         time.sleep(0.5)
-    [run] = _runs(tmp_path)
-    assert run.info.status == "KILLED"
+    assert only_run(sqlite_uri(tmp_path)).info.status == "KILLED"
 
 
 def _worker_pids(parent: int) -> list[int]:
@@ -419,17 +404,8 @@ def _torchrun(cwd: Path, nnodes: int, nproc: int, port: int, *args: str) -> subp
     )  # fmt: skip
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _test_metrics(node: Path) -> dict[str, float]:
-    client = MlflowClient(f"sqlite:///{node / 'mlflow.db'}")
-    [run] = client.search_runs([client.get_experiment_by_name("tennis_4event").experiment_id])
+    run = only_run(sqlite_uri(node))
     assert run.info.status == "FINISHED"
     return {k: v for k, v in run.data.metrics.items() if k.startswith("test/")}
 
@@ -443,7 +419,7 @@ def test_two_nodes_without_a_shared_disk(tmp_path):
               "model.freeze_backbone=true", "data.augment.kind=none",
               "tracking.uri=sqlite:///mlflow.db"]  # fmt: skip
     nodes = [tmp_path / "node0", tmp_path / "node1"]
-    port = _free_port()
+    port = free_port()
     for node in nodes:
         node.mkdir()
     agents = [_torchrun(node, 2, 1, port, "hardware=cpu", *common) for node in nodes]
@@ -457,7 +433,7 @@ def test_two_nodes_without_a_shared_disk(tmp_path):
     # One node, two processes: the same world, the same numbers.
     single = tmp_path / "single"
     single.mkdir()
-    agent = _torchrun(single, 1, 2, _free_port(), "hardware=cpu_ddp2", *common)
+    agent = _torchrun(single, 1, 2, free_port(), "hardware=cpu_ddp2", *common)
     output = agent.communicate(timeout=300)[0]
     assert agent.returncode == 0, output[-3000:]
     assert _test_metrics(main) == _test_metrics(single)

@@ -6,58 +6,48 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ..helpers.commands import run_cli
-
-
-def _data_args(root):
-    return [
-        "debug=smoke",
-        "hardware=cpu",
-        f"data.root={root / 'data'}",
-        f"data.cache_dir={root / 'cache'}",
-        f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
-    ]
+from ..helpers.commands import run_cli, smoke_args
+from ..helpers.store import runs_of, sqlite_uri
 
 
 def run_evaluate(args, cwd, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "tennis_exp.evaluate", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_cli(args, cwd, timeout=timeout, module="tennis_exp.evaluate")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tiny_twin, tmp_path_factory):
     """A smoke run over the whole splits (its test step scores every test window)."""
     root = tmp_path_factory.mktemp("trained")
     out = run_cli(
-        [*_data_args(root), "training.max_batches=null", f"hydra.run.dir={root / 'run'}"],
+        [*_data_args(tiny_twin, root), "training.max_batches=null",
+         f"hydra.run.dir={root / 'run'}"],
         cwd=root,
-    )
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     return root
 
 
+def _data_args(data, root):
+    return smoke_args(data, root, "hardware=cpu")
+
+
 def _runs(root):
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("tennis_4event").experiment_id
-    return client, client.search_runs([experiment])
+    return MlflowClient(sqlite_uri(root)), runs_of(sqlite_uri(root))
 
 
-def test_the_evaluation_is_the_training_runs_test_step(trained, tmp_path):
+def test_the_evaluation_is_the_training_runs_test_step(tiny_twin, trained, tmp_path):
     best = trained / "run" / "checkpoints" / "best.pth"
     out = run_evaluate(
-        [*_data_args(trained), f"checkpoint={best}", f"hydra.run.dir={tmp_path / 'eval'}"],
+        [
+            *_data_args(tiny_twin, trained),
+            f"checkpoint={best}",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+        ],
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -90,7 +80,7 @@ def test_the_evaluation_is_the_training_runs_test_step(trained, tmp_path):
 
 
 @pytest.mark.parametrize("prefix", ["", "module."])
-def test_the_old_scripts_best_model_gets_the_same_report(trained, tmp_path, prefix):
+def test_the_old_scripts_best_model_gets_the_same_report(tiny_twin, trained, tmp_path, prefix):
     # The old script's format: its own config (not ours), maybe DataParallel's prefix. The
     # architecture comes from the command's model config then.
     ours = torch.load(trained / "run" / "checkpoints" / "best.pth", weights_only=True)
@@ -106,8 +96,8 @@ def test_the_old_scripts_best_model_gets_the_same_report(trained, tmp_path, pref
         old,
     )
     out = run_evaluate(
-        [*_data_args(trained), f"checkpoint={old}", f"hydra.run.dir={tmp_path / 'eval'}",
-         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"],
+        [*_data_args(tiny_twin, trained), f"checkpoint={old}",
+         f"hydra.run.dir={tmp_path / 'eval'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"],
         cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -117,11 +107,11 @@ def test_the_old_scripts_best_model_gets_the_same_report(trained, tmp_path, pref
     assert report["macro_f1"] == pytest.approx(training.data.metrics["test/macro_f1"], rel=1e-6)
 
 
-def test_a_folder_in_the_layout_is_scored(trained, tmp_path):
-    folder = shutil.copytree(trained / "data" / "val", tmp_path / "clips")
+def test_a_folder_in_the_layout_is_scored(tiny_twin, trained, tmp_path):
+    folder = shutil.copytree(tiny_twin / "val", tmp_path / "clips")
     best = trained / "run" / "checkpoints" / "best.pth"
     out = run_evaluate(
-        [*_data_args(trained), f"checkpoint={best}", f"folder={folder}",
+        [*_data_args(tiny_twin, trained), f"checkpoint={best}", f"folder={folder}",
          f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"hydra.run.dir={tmp_path / 'e'}"],
         cwd=tmp_path,
     )  # fmt: skip
@@ -142,7 +132,7 @@ def test_a_folder_in_the_layout_is_scored(trained, tmp_path):
         ([], "Missing mandatory value: checkpoint"),
     ],
 )
-def test_mistakes_are_one_line_and_leave_no_run(trained, tmp_path, args, expected):
+def test_mistakes_are_one_line_and_leave_no_run(tiny_twin, trained, tmp_path, args, expected):
     (tmp_path / "empty" / "smash" / "v1").mkdir(parents=True)
     foreign = tmp_path / "foreign.pth"
     torch.save({"model_state_dict": {"head.weight": torch.zeros(1)}}, foreign)
@@ -154,8 +144,8 @@ def test_mistakes_are_one_line_and_leave_no_run(trained, tmp_path, args, expecte
     }
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = run_evaluate(
-        [*_data_args(trained), *(a.format(**paths) for a in args), f"tracking.uri={store}",
-         f"hydra.run.dir={tmp_path / 'e'}"],
+        [*_data_args(tiny_twin, trained), *(a.format(**paths) for a in args),
+         f"tracking.uri={store}", f"hydra.run.dir={tmp_path / 'e'}"],
         cwd=tmp_path,
     )  # fmt: skip
     if expected is None:
@@ -165,10 +155,4 @@ def test_mistakes_are_one_line_and_leave_no_run(trained, tmp_path, args, expecte
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), out.stderr
     assert expected.format(**paths) in lines[0]
-    assert not (tmp_path / "mlflow.db").exists() or not _runs_in(store)
-
-
-def _runs_in(uri):
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("tennis_4event")
-    return experiment and client.search_runs([experiment.experiment_id])
+    assert not (tmp_path / "mlflow.db").exists() or not runs_of(store)

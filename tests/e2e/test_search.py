@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from ..helpers.commands import run_cli
-from ..helpers.configs import CONF
+from ..helpers.commands import run_cli, smoke_args
+from ..helpers.configs import CONF, compose_config
+from ..helpers.store import sqlite_uri, sweep_of
 
 PRESET = CONF / "hparams_search" / "tennis_optuna.yaml"
 SEARCHED = [
@@ -25,10 +25,7 @@ SEARCHED = [
 
 
 def _compose(*overrides):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose(
-            "config", ["hparams_search=tennis_optuna", *overrides], return_hydra_config=True
-        )
+    return compose_config(["hparams_search=tennis_optuna", *overrides], hydra=True)
 
 
 def test_the_preset_searches_lr_batch_dropout_lstm_and_class_weights(monkeypatch):
@@ -42,16 +39,13 @@ def test_the_preset_searches_lr_batch_dropout_lstm_and_class_weights(monkeypatch
     assert _compose("hydra/launcher=parallel").hydra.sweeper.n_jobs == 4  # one per GPU
 
 
-def _search(tmp_path, *overrides):
+def _search(data, tmp_path, *overrides):
     return run_cli(
         [
             "--multirun",
             "hparams_search=tennis_optuna",
             "hardware=cpu",
-            "debug=smoke",
-            f"data.root={tmp_path / 'data'}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            *smoke_args(data, tmp_path),
             f"hydra.sweep.dir={tmp_path / 'sweep'}",
             *overrides,
         ],
@@ -60,15 +54,13 @@ def _search(tmp_path, *overrides):
 
 
 def _runs(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("tennis_4event").experiment_id])
-    [parent] = [r for r in runs if r.data.tags.get("tennis_exp.role") == "sweep"]
-    return client, parent, [r for r in runs if r is not parent]
+    return MlflowClient(sqlite_uri(tmp_path)), *sweep_of(sqlite_uri(tmp_path))
 
 
-def test_a_search_goes_on_past_diverged_trials_and_logs_its_best(tmp_path):
+def test_a_search_goes_on_past_diverged_trials_and_logs_its_best(tiny_twin, tmp_path):
     # Half the learning rates diverge (loss nan): those trials fail, the others are scored.
     out = _search(
+        tiny_twin,
         tmp_path,
         "hydra/launcher=parallel",
         "hydra.launcher.n_jobs=2",
@@ -116,8 +108,9 @@ def _best_f1(client, run) -> float:
     return max(m.value for m in client.get_metric_history(run.info.run_id, "val/macro_f1"))
 
 
-def test_a_search_whose_trials_all_fail_ends_in_one_line(tmp_path):
+def test_a_search_whose_trials_all_fail_ends_in_one_line(tiny_twin, tmp_path):
     out = _search(
+        tiny_twin,
         tmp_path,
         "hydra.sweeper.n_trials=2",
         "training.learning_rate=choice(1e30)",
@@ -133,10 +126,11 @@ def test_a_search_whose_trials_all_fail_ends_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_search_on_slurms_launcher(tmp_path):
+def test_a_search_on_slurms_launcher(tiny_twin, tmp_path):
     # submitit's local executor stands in for SLURM: each trial a job in a process of its own,
     # two at a time; its value comes back through submitit's pickled result.
     out = _search(
+        tiny_twin,
         tmp_path,
         "hydra/launcher=submitit_local",
         "hydra.sweeper.n_jobs=2",

@@ -10,7 +10,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,13 +20,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ..helpers.commands import run_cli
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ..helpers.commands import run_cli, smoke_args
+from ..helpers.ports import free_port
+from ..helpers.store import runs_of
 
 
 class Server:
@@ -101,22 +96,14 @@ def server(tmp_path):
     srv.stop()
 
 
-def _smoke(tmp_path, *extra):
-    return [
-        "debug=smoke",
-        f"data.root={tmp_path / 'data'}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        *extra,
-    ]
-
-
-def _experiment(client):
-    return client.get_experiment_by_name("tennis_4event")
+def _smoke(data, tmp_path, *extra):
+    """Smoke arguments for a job that logs where MLFLOW_TRACKING_URI says."""
+    return smoke_args(data, tmp_path, *extra, store=False)
 
 
 def test_the_server_prints_where_jobs_log_and_where_the_runs_are(shared_server):
     server = shared_server
-    experiment = _experiment(MlflowClient(server.url))
+    experiment = MlflowClient(server.url).get_experiment_by_name("tennis_4event")
     assert experiment.artifact_location.startswith("mlflow-artifacts:")  # through the server
     assert f"Jobs log to it with: MLFLOW_TRACKING_URI={server.url} python -m tennis_exp ..." in (
         server.banner
@@ -128,7 +115,7 @@ def test_the_server_prints_where_jobs_log_and_where_the_runs_are(shared_server):
 
 
 @pytest.mark.slow  # 98 s on the shared 2-core machine (load 7)
-def test_a_parallel_sweep_of_ddp_jobs_logs_to_the_server(shared_server, tmp_path):
+def test_a_parallel_sweep_of_ddp_jobs_logs_to_the_server(shared_server, tiny_twin, tmp_path):
     # Two DDP jobs side by side (hydra/launcher=parallel), each starting its own two ranks.
     server = shared_server
     sweep = run_cli(
@@ -136,7 +123,7 @@ def test_a_parallel_sweep_of_ddp_jobs_logs_to_the_server(shared_server, tmp_path
             "--multirun",
             "hydra/launcher=parallel",
             "hydra.launcher.n_jobs=2",
-            *_smoke(tmp_path, "hardware=cpu_ddp2", "training.learning_rate=1e-4,2e-4"),
+            *_smoke(tiny_twin, tmp_path, "hardware=cpu_ddp2", "training.learning_rate=1e-4,2e-4"),
             f"hydra.sweep.dir={tmp_path / 'sweep'}",
         ],
         cwd=tmp_path,
@@ -144,11 +131,8 @@ def test_a_parallel_sweep_of_ddp_jobs_logs_to_the_server(shared_server, tmp_path
     )
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
     client = MlflowClient(server.url)
-    runs = [
-        r
-        for r in client.search_runs([_experiment(client).experiment_id])
-        if r.data.tags.get("sweep_dir") == str(tmp_path / "sweep")
-    ]
+    sweep_dir = str(tmp_path / "sweep")
+    runs = [r for r in runs_of(server.url) if r.data.tags.get("sweep_dir") == sweep_dir]
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
     [parent] = [r for r in runs if r.data.tags.get("tennis_exp.role") == "sweep"]
     jobs = [r for r in runs if r is not parent]
@@ -164,7 +148,7 @@ def test_a_parallel_sweep_of_ddp_jobs_logs_to_the_server(shared_server, tmp_path
     assert f"/runs/{parent.info.run_id}?workflowType=machine_learning" in sweep.stdout
 
 
-def _train_until_epoch(tmp_path, server, epochs: int, retry_s: float, first_epoch_seen):
+def _train_until_epoch(data, tmp_path, server, epochs: int, retry_s: float, first_epoch_seen):
     """A run against the server that calls `first_epoch_seen()` once epoch 1 is logged."""
     proc = subprocess.Popen(
         [
@@ -172,6 +156,7 @@ def _train_until_epoch(tmp_path, server, epochs: int, retry_s: float, first_epoc
             "-m",
             "tennis_exp",
             *_smoke(
+                data,
                 tmp_path,
                 "hardware=cpu",
                 f"training.epochs={epochs}",
@@ -195,7 +180,7 @@ def _train_until_epoch(tmp_path, server, epochs: int, retry_s: float, first_epoc
     return proc.returncode, "".join(lines) + out, err
 
 
-def test_a_server_back_within_the_bound_loses_nothing(server, tmp_path):
+def test_a_server_back_within_the_bound_loses_nothing(server, tiny_twin, tmp_path):
     epochs, outage = 4, {}
 
     def go_away():
@@ -209,16 +194,19 @@ def test_a_server_back_within_the_bound_loses_nothing(server, tmp_path):
 
     # The server goes away after epoch 1 and comes back 4 s later, on the same port and store.
     threads = []
-    code, out, err = _train_until_epoch(
-        tmp_path, server, epochs, 300, lambda: (go_away(), threads.append(_in_thread(come_back)))
-    )
+
+    def outage_begins():
+        go_away()
+        threads.append(_in_thread(come_back))
+
+    code, out, err = _train_until_epoch(tiny_twin, tmp_path, server, epochs, 300, outage_begins)
     threads[0].join(timeout=300)  # the server back and showing its banner
     assert code == 0, out[-3000:] + err[-3000:]
     log = out + err
     assert log.count("does not answer") == 1  # said once
     assert log.count("answers again") == 1
     client = MlflowClient(server.url)
-    [run] = client.search_runs([_experiment(client).experiment_id])
+    [run] = runs_of(server.url)
     assert run.info.status == "FINISHED"
     for key in ("train/loss", "val/macro_f1", "lr"):
         history = client.get_metric_history(run.info.run_id, key)
@@ -238,9 +226,9 @@ def _in_thread(fn):
     return thread
 
 
-def test_a_server_gone_past_the_bound_ends_the_run_in_one_line(server, tmp_path):
+def test_a_server_gone_past_the_bound_ends_the_run_in_one_line(server, tiny_twin, tmp_path):
     epochs = 3
-    code, out, err = _train_until_epoch(tmp_path, server, epochs, 3, server.kill)
+    code, out, err = _train_until_epoch(tiny_twin, tmp_path, server, epochs, 3, server.kill)
     assert code == 1
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("Error: ")]
@@ -257,7 +245,7 @@ def test_a_server_gone_past_the_bound_ends_the_run_in_one_line(server, tmp_path)
     assert (out + err).count("does not answer") == 1
     # What the line names is exactly what the store lacks (read from its file directly).
     client = MlflowClient(server.store)
-    [run] = client.search_runs([_experiment(client).experiment_id])
+    [run] = runs_of(server.store)
     logged = [m.step for m in client.get_metric_history(run.info.run_id, "val/macro_f1")]
     assert sorted(logged) == list(range(1, int(said.group(1))))
     # Training finished, and its checkpoints are there.
@@ -355,7 +343,7 @@ def postgres():
         shutil.rmtree(home, ignore_errors=True)
 
 
-def test_a_postgresql_store_behind_the_server(postgres, tmp_path):
+def test_a_postgresql_store_behind_the_server(postgres, tiny_twin, tmp_path):
     srv = Server(tmp_path, store=postgres).start()
     try:
         out = run_cli(
@@ -363,7 +351,7 @@ def test_a_postgresql_store_behind_the_server(postgres, tmp_path):
                 "--multirun",
                 "hydra/launcher=parallel",
                 "hydra.launcher.n_jobs=2",
-                *_smoke(tmp_path, "hardware=cpu", "training.learning_rate=1e-4,2e-4"),
+                *_smoke(tiny_twin, tmp_path, "hardware=cpu", "training.learning_rate=1e-4,2e-4"),
                 f"hydra.sweep.dir={tmp_path / 'sweep'}",
             ],
             cwd=tmp_path,
@@ -371,11 +359,10 @@ def test_a_postgresql_store_behind_the_server(postgres, tmp_path):
         )
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert f"MLflow server: {srv.url} (store {postgres})" in srv.banner
-        client = MlflowClient(srv.url)
-        runs = client.search_runs([_experiment(client).experiment_id])
+        runs = runs_of(srv.url)
         assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
     finally:
         srv.stop()
     # The runs are in PostgreSQL itself, not in a file beside the server.
-    assert MlflowClient(postgres).search_runs([_experiment(MlflowClient(postgres)).experiment_id])
+    assert runs_of(postgres)
     assert not list(tmp_path.glob("*.db"))

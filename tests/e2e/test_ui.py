@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ..helpers.commands import run_cli
+from ..helpers.commands import run_cli, smoke_args
 from ..helpers.configs import ROOT
+from ..helpers.ports import free_port
+from ..helpers.store import runs_of, sqlite_uri
 
 CHROMIUM = shutil.which("chromium")
 ARTIFACTS = ROOT / "test-artifacts"
@@ -35,12 +36,6 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _chromium(url: str, profile, *flags: str) -> str:
     """Chromium on `url` with the profile folder `profile` (a new folder: a fresh profile)."""
     out = subprocess.run(
@@ -54,24 +49,16 @@ def _chromium(url: str, profile, *flags: str) -> str:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
-def test_sweep_in_the_mlflow_ui(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_sweep_in_the_mlflow_ui(tiny_twin, tmp_path):
+    uri = sqlite_uri(tmp_path)
     sweep = run_cli(
-        [
-            "--multirun",
-            "hardware=cpu,gpu1",
-            "debug=smoke",
-            f"data.root={tmp_path / 'data'}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            f"tracking.uri={uri}",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        ],
+        ["--multirun", "hardware=cpu,gpu1", *smoke_args(tiny_twin, tmp_path),
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=tmp_path,
-    )
+    )  # fmt: skip
     assert sweep.returncode == 0, sweep.stderr
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("tennis_4event").experiment_id
-    runs = client.search_runs([experiment])
+    experiment = MlflowClient(uri).get_experiment_by_name("tennis_4event").experiment_id
+    runs = runs_of(uri)
     jobs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     [parent] = [r for r in runs if r not in jobs]
 
@@ -85,7 +72,7 @@ def test_sweep_in_the_mlflow_ui(tmp_path):
             "--store",
             uri,
             "--port",
-            str(_free_port()),
+            str(free_port()),
             "--workers",
             "1",
         ],

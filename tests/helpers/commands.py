@@ -8,6 +8,20 @@ import sys
 from pathlib import Path
 
 from .configs import ROOT
+from .store import sqlite_uri
+
+
+def smoke_args(data: Path, folder: Path, *extra: str, store: bool = True) -> list[str]:
+    """`debug=smoke` on the frames at `data` (the session's tiny twin), its frame cache and,
+    with `store`, its SQLite MLflow store in `folder`; then `extra`."""
+    tracking = [f"tracking.uri={sqlite_uri(folder)}"] if store else []
+    return [
+        "debug=smoke",
+        f"data.root={data}",
+        f"data.cache_dir={folder / 'cache'}",
+        *tracking,
+        *extra,
+    ]
 
 
 def run_cli(

@@ -3,6 +3,8 @@ training loop run on one."""
 
 from __future__ import annotations
 
+import copy
+from functools import cache
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -21,10 +23,22 @@ register_configs()
 
 
 def compose_config(overrides: list[str] | None = None, hydra: bool = False) -> DictConfig:
-    """The config `python -m tennis_exp OVERRIDES` runs with; with `hydra`, Hydra's own node
-    (launcher, sweeper) too."""
+    """The config `python -m tennis_exp OVERRIDES` runs with, a copy of its own to change; with
+    `hydra`, Hydra's own node (launcher, sweeper) too, composed afresh."""
+    if hydra:
+        return _compose(tuple(overrides or []), hydra=True)
+    return copy.deepcopy(_composed(tuple(overrides or [])))
+
+
+@cache
+def _composed(overrides: tuple[str, ...]) -> DictConfig:
+    """Each set of overrides composed once per session: copies are handed out."""
+    return _compose(overrides, hydra=False)
+
+
+def _compose(overrides: tuple[str, ...], hydra: bool) -> DictConfig:
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=overrides or [], return_hydra_config=hydra)
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def fit_untracked(cfg: DictConfig, output_dir: Path) -> float:

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
 from tennis_exp.engine import checkpoint
 from tennis_exp.engine import train as train_module
 from tennis_exp.errors import UserError, one_line_report
 
-from ..helpers.commands import run_cli
+from ..helpers.commands import run_cli, smoke_args
 from ..helpers.configs import fit_untracked
+from ..helpers.ports import free_port
+from ..helpers.store import only_run, runs_of, sqlite_uri
 
 
-def _smoke(tmp_path, *extra):
-    return [
-        "debug=smoke",
-        "hardware=cpu",
-        f"data.root={tmp_path / 'data'}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        *extra,
-    ]
+def _smoke(data, tmp_path, *extra):
+    return smoke_args(
+        data, tmp_path, "hardware=cpu", f"hydra.run.dir={tmp_path / 'run'}", *extra, store=False
+    )
 
 
 @pytest.mark.parametrize(
@@ -44,11 +38,11 @@ def test_a_failure_is_reported_in_one_line(err, report):
 
 
 def test_unreachable_tracking_server_fails_before_any_work(tmp_path):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens on it
     out = run_cli(
-        _smoke(tmp_path), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+        _smoke(tmp_path / "data", tmp_path),
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
     )
     assert out.returncode == 1
     [line] = out.stderr.strip().splitlines()
@@ -56,10 +50,11 @@ def test_unreachable_tracking_server_fails_before_any_work(tmp_path):
     assert not (tmp_path / "data").exists()  # no data generated, no training started
 
 
-def test_diverging_loss_stops_with_epoch_and_step(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_diverging_loss_stops_with_epoch_and_step(tiny_twin, tmp_path):
+    uri = sqlite_uri(tmp_path)
     out = run_cli(
         _smoke(
+            tiny_twin,
             tmp_path,
             "training.learning_rate=1e30",
             "training.grad_clip=null",
@@ -75,8 +70,7 @@ def test_diverging_loss_stops_with_epoch_and_step(tmp_path):
     assert line.startswith("Error: training loss became nan at epoch 1 step ")
     assert "no epoch had finished, so there is no checkpoint" in line
     assert "lower training.learning_rate" in line
-    client = MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name("tennis_4event").experiment_id])
+    run = only_run(uri)
     assert run.info.status == "FAILED" and "training loss became nan" in run.data.tags["error"]
 
 
@@ -136,12 +130,11 @@ class _FullDiskClient:
 def test_full_disk_while_storing_an_artifact_fails_the_run_in_one_line(tmp_path):
     from tennis_exp.tracking.runs import mlflow_run
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_uri(tmp_path)
     (tmp_path / "resolved_config.yaml").write_text("seed: 1\n")
     expected = "no space left to store resolved_config.yaml"
     with pytest.raises(UserError, match=expected), mlflow_run(uri, "e", "x", {}) as run:
         run.client = _FullDiskClient(run.client)
         run.log_artifact(tmp_path / "resolved_config.yaml")
-    client = MlflowClient(uri)
-    [failed] = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    [failed] = runs_of(uri, "e")
     assert failed.info.status == "FAILED" and expected in failed.data.tags["error"]
