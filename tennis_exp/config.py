@@ -9,6 +9,7 @@ before any work starts.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -384,6 +385,11 @@ def usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def shows_progress_bar(setting: bool | None) -> bool:
+    """`progress_bar`: as set, or (null) whether stderr is a terminal."""
+    return sys.stderr.isatty() if setting is None else setting
 
 
 def from_container(container: dict) -> DictConfig:

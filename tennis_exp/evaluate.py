@@ -20,7 +20,7 @@ register_configs()
 @reported
 def run(cfg: DictConfig) -> float:
     """The scored split's macro-F1."""
-    from tennis_exp.engine.evaluation import evaluate_checkpoint
+    from tennis_exp.inference.split_report import evaluate_checkpoint
 
     result = evaluate_checkpoint(cfg, Path(HydraConfig.get().runtime.output_dir))
     return result.metrics["macro_f1"]

@@ -32,10 +32,10 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from tennis_exp.config import usable_cpus
+from tennis_exp.config import shows_progress_bar, usable_cpus
 from tennis_exp.data import splits as splitting
 from tennis_exp.data.splits import SPLITS, VideoRef
-from tennis_exp.data.video import VIDEO_SUFFIXES, VideoReader
+from tennis_exp.data.video import VideoReader, video_files
 from tennis_exp.errors import UserError, first_line
 from tennis_exp.files import locked, read_marker, write_marker
 
@@ -98,7 +98,9 @@ def prepare(cfg: DictConfig) -> None:
         ]  # fmt: skip
         log.info("%d video(s) to prepare into %s, %d already prepared", len(todo), out, len(frames))
         started = time.perf_counter()
-        written, failures = run_tasks(todo, cfg.workers or usable_cpus(), progress(cfg))
+        written, failures = run_tasks(
+            todo, cfg.workers or usable_cpus(), shows_progress_bar(cfg.progress_bar)
+        )
         seconds = time.perf_counter() - started
         frames.update(
             (ref.key, written[final])
@@ -131,7 +133,7 @@ def list_videos(folder: Path, actions: Sequence[str]) -> list[Source]:
     sources: list[Source] = []
     skipped: dict[str, int] = {}
     for action_dir in sorted(d for d in folder.iterdir() if d.is_dir()):
-        files = _video_files(action_dir)
+        files = video_files(action_dir)
         if files and action_dir.name not in known:
             skipped[action_dir.name] = len(files)
             continue
@@ -156,21 +158,12 @@ def list_videos(folder: Path, actions: Sequence[str]) -> list[Source]:
         if skipped:
             unknown = ", ".join(skipped)
             found = f"no video to prepare (only in action folders not in `actions`: {unknown})"
-        elif _video_files(folder):  # videos= named one action's folder
+        elif video_files(folder):  # videos= named one action's folder
             found = "videos but no action folder: point videos= at the folder of action folders"
         else:
             found = "no video to prepare"
         raise UserError(f"videos={folder} holds {found}; expected {_LAYOUT}")
     return sources
-
-
-def _video_files(folder: Path) -> list[Path]:
-    # Dot files are hidden: macOS's ._name.avi beside every copied video is no video.
-    return sorted(
-        f
-        for f in folder.iterdir()
-        if f.suffix.lower() in VIDEO_SUFFIXES and not f.name.startswith(".") and f.is_file()
-    )
 
 
 def split_videos(refs: list[VideoRef], split_cfg: DictConfig) -> list[str]:
@@ -346,10 +339,6 @@ def _results(tasks: list[Task], workers: int) -> Iterator[tuple[Task, tuple[int,
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
-
-
-def progress(cfg: DictConfig) -> bool:
-    return sys.stderr.isatty() if cfg.progress_bar is None else cfg.progress_bar
 
 
 def summary(written, seconds, frames, refs, assigned, out: Path) -> str:

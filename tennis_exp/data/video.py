@@ -31,6 +31,16 @@ from tennis_exp.errors import UserError, first_line
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv")
 
 
+def video_files(folder: Path) -> list[Path]:
+    """The videos of a folder (not of its subfolders), sorted by name."""
+    # Dot files are hidden: macOS's ._name.avi beside every copied video is no video.
+    return sorted(
+        f
+        for f in folder.iterdir()
+        if f.suffix.lower() in VIDEO_SUFFIXES and not f.name.startswith(".") and f.is_file()
+    )
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What the container says about the video stream, before any decoding."""

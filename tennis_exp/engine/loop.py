@@ -5,7 +5,6 @@ best weights. Rank 0 logs to MLflow and writes the checkpoints."""
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,7 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from tennis_exp.config import Precision, feature_cache_blocker, uses_feature_cache
+from tennis_exp.config import (
+    Precision,
+    feature_cache_blocker,
+    shows_progress_bar,
+    uses_feature_cache,
+)
 from tennis_exp.data.augment import augment
 from tennis_exp.data.frames import WindowDataset
 from tennis_exp.data.loaders import ResumableSampler, TimedBatches, device_batches, make_loaders
@@ -126,9 +130,7 @@ class Trainer:
             set_rng_state(self.state.rng_states[dist.rank], self.plan.device)
         self.run = Run.open(job.tracking_uri, job.run_id) if dist.is_main and job.run_id else None
         self.ckpt_dir = job.output_dir / "checkpoints"
-        self.show_bar = dist.is_main and (
-            cfg.progress_bar if cfg.progress_bar is not None else sys.stderr.isatty()
-        )
+        self.show_bar = dist.is_main and shows_progress_bar(cfg.progress_bar)
         self.loader_warned = False
         self.stop = StopSignal()
 

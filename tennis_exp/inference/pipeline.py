@@ -7,22 +7,20 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from tennis_exp.config import Strategy, validate_predict
+from tennis_exp.config import validate_predict
 from tennis_exp.data.segments import (
     Segment,
     read_segments,
     write_segments_csv,
     write_segments_json,
 )
-from tennis_exp.data.video import VIDEO_SUFFIXES, VideoReader
-from tennis_exp.engine.evaluation import lineage, trained_config, trained_model
-from tennis_exp.engine.hardware import plan_run
+from tennis_exp.data.video import VIDEO_SUFFIXES, VideoReader, video_files
 from tennis_exp.engine.metrics import metric_name
 from tennis_exp.errors import UserError
 from tennis_exp.inference.detection_metrics import Scores
@@ -36,7 +34,12 @@ from tennis_exp.inference.segments import (
     window_labels,
 )
 from tennis_exp.inference.timeline import plot_timeline
-from tennis_exp.tracking.runs import ensure_experiment, mlflow_run, tracking_uri
+from tennis_exp.inference.trained_model import (
+    checkpoint_run,
+    one_process_plan,
+    trained_config,
+    trained_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +61,10 @@ def predict_videos(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     _frames_as_trained(cfg, ckpt)
     validate_predict(cfg)
     videos, truths = checked_inputs(cfg)
-    # One process: DataParallel over the profile's GPUs whatever its training strategy.
-    plan = replace(plan_run(cfg), strategy=Strategy.dp)
+    plan = one_process_plan(cfg)
     predictor = Predictor(model, plan, cfg.data.window, cfg.predict.stride, cfg.predict.batch)
-    uri = tracking_uri(cfg)
-    ensure_experiment(uri, cfg.experiment_name)
-    tags, parent = lineage(uri, ckpt, "prediction")
     name = f"predict-{Path(cfg.video).stem if len(videos) == 1 else Path(cfg.video).name}"
-    with mlflow_run(uri, cfg.experiment_name, name, tags, parent_id=parent) as run:
+    with checkpoint_run(cfg, ckpt, "prediction", name) as run:
         run.log_params(_params(cfg, plan))
         results = []
         for video in videos:
@@ -112,7 +111,7 @@ def list_videos(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise UserError(f"video={path} does not exist")
-    videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    videos = video_files(path)
     if not videos:
         raise UserError(f"video={path} holds no video ({', '.join(VIDEO_SUFFIXES)})")
     stems = [v.stem for v in videos]

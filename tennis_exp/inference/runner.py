@@ -9,7 +9,6 @@ windows are computed once instead of window / stride times.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from tennis_exp.config import shows_progress_bar
 from tennis_exp.data.video import Frame
 from tennis_exp.engine.hardware import RunPlan, autocast, wrap_model
 from tennis_exp.inference.windows import Ring, chunks
@@ -117,7 +117,7 @@ class Progress:
         self.name, self.every = name, every
         self.started = self.logged = time.perf_counter()
         self.frames, self.video_time = 0, 0.0
-        show = bar if bar is not None else sys.stderr.isatty()
+        show = shows_progress_bar(bar)
         self.bar = tqdm(
             total=total, desc=name, unit="frame", disable=not show, dynamic_ncols=True, leave=False
         )
