@@ -10,8 +10,7 @@ from omegaconf import DictConfig, open_dict
 
 from tennis_exp.data.frames import build_datasets
 
-from .helpers.configs import compose_config
-from .helpers.store import sqlite_uri
+from .helpers.configs import compose_config, smoke_config
 
 
 @pytest.fixture(scope="session")
@@ -30,9 +29,4 @@ def tiny_twin(tmp_path_factory) -> Path:
 @pytest.fixture
 def smoke_cfg(tiny_twin: Path, tmp_path: Path) -> DictConfig:
     """`debug=smoke` on the CPU on the tiny twin, its frame cache and MLflow store in tmp_path."""
-    cfg = compose_config(["debug=smoke", "hardware=cpu"])
-    with open_dict(cfg):
-        cfg.data.root = str(tiny_twin)
-        cfg.data.cache_dir = str(tmp_path / "cache")
-        cfg.tracking.uri = sqlite_uri(tmp_path)
-    return cfg
+    return smoke_config(tiny_twin, tmp_path)

@@ -8,13 +8,15 @@ from functools import cache
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from tennis_exp.config import register_configs
 from tennis_exp.engine.distributed import Dist
 from tennis_exp.engine.hardware import plan_run
 from tennis_exp.engine.loop import Job
 from tennis_exp.engine.train import fit_and_test
+
+from .store import sqlite_uri
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -39,6 +41,17 @@ def _composed(overrides: tuple[str, ...]) -> DictConfig:
 def _compose(overrides: tuple[str, ...], hydra: bool) -> DictConfig:
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def smoke_config(data: Path, folder: Path, *overrides: str, hardware: str = "cpu") -> DictConfig:
+    """`debug=smoke` on `hardware` and the frames at `data` (the session's tiny twin), its frame
+    cache and SQLite MLflow store in `folder`; then `overrides`."""
+    cfg = compose_config(["debug=smoke", f"hardware={hardware}", *overrides])
+    with open_dict(cfg):
+        cfg.data.root = str(data)
+        cfg.data.cache_dir = str(folder / "cache")
+        cfg.tracking.uri = sqlite_uri(folder)
+    return cfg
 
 
 def fit_untracked(cfg: DictConfig, output_dir: Path) -> float:

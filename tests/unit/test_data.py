@@ -25,6 +25,7 @@ from tennis_exp.config import (
     SyntheticConfig,
     SyntheticPreset,
     TrainingConfig,
+    validate,
 )
 from tennis_exp.data import frame_cache, split_index
 from tennis_exp.data.frames import WindowDataset, build_datasets
@@ -32,6 +33,7 @@ from tennis_exp.data.loaders import make_loader
 from tennis_exp.data.split_index import scan_split
 from tennis_exp.errors import UserError
 
+from ..helpers.configs import compose_config
 from ..helpers.frame_trees import LAYOUT, SIZE, make_tree, write_video
 
 # torchvision 0.29 deprecates its JPEG decoder (in favour of torchcodec) and warns per call.
@@ -440,18 +442,12 @@ def test_synthetic_generated_first(tmp_path, monkeypatch, as_string):
 
 
 def test_the_thetis_config_maps_the_folders_the_generator_and_prepare_write():
-    from ..helpers.configs import compose_config
-
     for dataset in ("thetis", "synthetic"):
         cfg = compose_config([f"data={dataset}", "data.root=/frames"]).data
         assert dict(cfg.actions) == THETIS_ACTIONS and list(cfg.excluded) == THETIS_EXCLUDED
 
 
 def test_a_dataset_without_an_action_mapping_is_one_line():
-    from tennis_exp.config import validate
-
-    from ..helpers.configs import compose_config
-
     cfg = compose_config([])
     cfg.data.actions = {}  # a new dataset's config that forgot its mapping
     with pytest.raises(UserError, match="data.actions is empty: map the action folders"):

@@ -11,7 +11,6 @@ import signal
 
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 from torch.utils.data import Subset
 
 from tennis_exp.data import device_cache
@@ -20,6 +19,9 @@ from tennis_exp.data.frames import build_datasets
 from tennis_exp.data.loaders import ResumableSampler, make_loader
 from tennis_exp.engine import train as train_module
 from tennis_exp.engine.distributed import Dist
+
+from ..helpers.configs import smoke_config
+from ..helpers.store import history, only_run, sqlite_uri
 
 GiB = 2**30
 CPU = torch.device("cpu")
@@ -65,12 +67,8 @@ def test_frames_that_do_not_fit_are_said_once_and_the_loader_reads_them(monkeypa
 
 
 @pytest.fixture(scope="module")
-def datasets(tmp_path_factory):
-    from ..helpers.configs import compose_config
-
-    root = tmp_path_factory.mktemp("device-cache")
-    cfg = compose_config(["debug=smoke", f"data.root={root / 'data'}",
-                          f"data.cache_dir={root / 'cache'}"])  # fmt: skip
+def datasets(tiny_twin, tmp_path_factory):
+    cfg = smoke_config(tiny_twin, tmp_path_factory.mktemp("device-cache"))
     return build_datasets(cfg.data, cfg.seed), cfg
 
 
@@ -113,11 +111,8 @@ def test_a_ranks_val_shard_holds_only_its_frames(datasets):
     )
 
 
-def test_shuffled_frames_are_shuffled_alike(tmp_path):
-    from ..helpers.configs import compose_config
-
-    data = [f"data.root={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'c'}"]
-    cfg = compose_config(["debug=smoke", "data.shuffle_frames=true", *data])
+def test_shuffled_frames_are_shuffled_alike(tiny_twin, tmp_path):
+    cfg = smoke_config(tiny_twin, tmp_path, "data.shuffle_frames=true")
     val = build_datasets(cfg.data, cfg.seed)["val"]
     _same(
         list(DeviceBatches(DeviceWindows(val).to(CPU), range(len(val)), 6)),
@@ -126,18 +121,16 @@ def test_shuffled_frames_are_shuffled_alike(tmp_path):
 
 
 def _history(uri):
-    client = MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name("tennis_4event").experiment_id])
+    run = only_run(uri)
     keys = ["train/loss", "train/acc", "val/loss", "val/macro_f1", "lr", "test/macro_f1"]
-    return run, {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)]
-                 for k in keys}  # fmt: skip
+    return run, history(uri, run, keys)
 
 
 def _cfg(smoke_cfg, tmp_path, store, device_cache):
     cfg = copy.deepcopy(smoke_cfg)
     cfg.training.epochs, cfg.training.max_batches, cfg.training.batch_size = 3, None, 2
     cfg.data.device_cache = device_cache
-    cfg.tracking.uri = f"sqlite:///{tmp_path / store}"
+    cfg.tracking.uri = sqlite_uri(tmp_path, store)
     return cfg
 
 
@@ -149,8 +142,8 @@ def test_a_run_on_the_device_cache_is_the_loaders_run_and_resumes(
     assert "data.device_cache" not in caplog.text
     train_module.train(_cfg(smoke_cfg, tmp_path, "device.db", True), tmp_path / "device")
     assert "data.device_cache: " in caplog.text and "of frames on cpu, no loader" in caplog.text
-    expected = _history(f"sqlite:///{tmp_path / 'loader.db'}")[1]
-    assert _history(f"sqlite:///{tmp_path / 'device.db'}")[1] == expected  # bit for bit
+    expected = _history(sqlite_uri(tmp_path, "loader.db"))[1]
+    assert _history(sqlite_uri(tmp_path, "device.db"))[1] == expected  # bit for bit
 
     # Stopped by SIGTERM in epoch 2's 11th batch, resumed: the same numbers again.
     batches, real_iter = [0], DeviceBatches.__iter__
@@ -173,5 +166,5 @@ def test_a_run_on_the_device_cache_is_the_loaders_run_and_resumes(
     resume = copy.deepcopy(smoke_cfg)
     resume.resume = str(run_dir)
     train_module.train(resume, tmp_path / "unused", overrides=[f"resume={run_dir}"])
-    run, history = _history(f"sqlite:///{tmp_path / 'stopped.db'}")
-    assert run.info.status == "FINISHED" and history == expected
+    run, logged = _history(sqlite_uri(tmp_path, "stopped.db"))
+    assert run.info.status == "FINISHED" and logged == expected

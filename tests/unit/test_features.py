@@ -10,21 +10,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
 from tennis_exp.config import Augment, Backbone, Precision
 from tennis_exp.data.frames import build_datasets
+from tennis_exp.data.loaders import make_loader
 from tennis_exp.engine import train as train_module
+from tennis_exp.engine.checkpoint import load_weights
 from tennis_exp.engine.distributed import Dist
+from tennis_exp.engine.evaluation import evaluate
 from tennis_exp.engine.features import feature_file, weights_digest
 from tennis_exp.engine.hardware import plan_run
 from tennis_exp.engine.loop import Job, Trainer
 from tennis_exp.engine.train import initial_model
 from tennis_exp.errors import UserError
-from tennis_exp.models.cnn_lstm import small_cnn
+from tennis_exp.models.cnn_lstm import build_model, small_cnn
 
-from ..helpers.configs import compose_config, fit_untracked
+from ..helpers.configs import fit_untracked, smoke_config
+from ..helpers.store import history, only_run
 
 CURVES = ["train/loss", "train/acc", "val/loss", "val/macro_f1"]
 
@@ -42,11 +45,10 @@ def _frozen(cfg, tmp_path: Path, feature_cache: bool):
 
 
 def _curves(uri: str) -> dict[str, list[float]]:
-    client = MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name("tennis_4event").experiment_id])
+    run = only_run(uri)
     assert run.info.status == "FINISHED"
-    keys = [*CURVES, "test/loss", "test/macro_f1"]
-    return {k: [m.value for m in client.get_metric_history(run.info.run_id, k)] for k in keys}
+    logged = history(uri, run, [*CURVES, "test/loss", "test/acc", "test/macro_f1"])
+    return {key: [value for _, value in points] for key, points in logged.items()}
 
 
 def test_feature_cache_trains_exactly_like_the_backbone(smoke_cfg, tmp_path, caplog):
@@ -72,17 +74,30 @@ def test_feature_cache_trains_exactly_like_the_backbone(smoke_cfg, tmp_path, cap
     assert "backbone features of" not in caplog.text
 
 
-def test_feature_cache_under_ddp_is_computed_by_rank_0(tmp_path):
-    cfg = compose_config(["debug=smoke", "hardware=cpu_ddp2"])
-    with open_dict(cfg):
-        cfg.data.root = str(tmp_path / "data")
-        cfg.data.cache_dir = str(tmp_path / "cache")
-    cfg = _frozen(cfg, tmp_path, feature_cache=True)
+def test_feature_cache_under_ddp_is_computed_by_rank_0(tiny_twin, tmp_path):
+    cfg = _frozen(smoke_config(tiny_twin, tmp_path, hardware="cpu_ddp2"), tmp_path, True)
     train_module.train(cfg, tmp_path / "run")
-    assert _curves(cfg.tracking.uri)["test/macro_f1"]
     assert len(list((tmp_path / "features").iterdir())) == 3
     log = (tmp_path / "run" / "train.log").read_text()
     assert log.count("backbone features of") == 3  # each split once, by rank 0
+    # The two ranks trained and scored on the cached features: one process scoring the best
+    # weights on the test split's frames, through the whole model, gets the run's numbers.
+    curves, scored = _curves(cfg.tracking.uri), _test_scores(cfg, tmp_path / "run")
+    assert curves["test/acc"] == [pytest.approx(scored["acc"], abs=1e-9)]
+    assert curves["test/macro_f1"] == [pytest.approx(scored["macro_f1"], abs=1e-9)]
+    assert curves["test/loss"] == [pytest.approx(scored["loss"], rel=1e-4)]
+
+
+def _test_scores(cfg, run_dir: Path) -> dict[str, float]:
+    """The metrics of the run's best weights over the whole test split, in this process."""
+    model = build_model(cfg.model, num_classes=len(cfg.data.events))
+    load_weights(model, run_dir / "checkpoints" / "best.pth")
+    test_set = build_datasets(cfg.data, cfg.seed)["test"]
+    cpu = torch.device("cpu")
+    loader = make_loader(test_set, 5, cfg.training, cpu, 0)
+    result = evaluate(model, loader, cpu, Precision.fp32, list(cfg.data.events), None, Dist())
+    assert result.confusion.sum() == len(test_set)
+    return result.metrics
 
 
 def test_feature_cache_key_follows_frames_weights_and_precision(tmp_path):

@@ -5,22 +5,22 @@ one SQLite store."""
 from __future__ import annotations
 
 import multiprocessing
-import os
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from tennis_exp.config import usable_cpus
 from tennis_exp.engine import devicepool
 from tennis_exp.engine.devicepool import claimed, job_devices
 from tennis_exp.engine.hardware import select_devices
 from tennis_exp.errors import UserError
 
-from ..helpers.commands import run_cli
-from ..helpers.configs import CONF, compose_config
+from ..helpers.commands import run_cli, smoke_args
+from ..helpers.configs import compose_config
+from ..helpers.store import sqlite_uri, sweep_of
 
 JOBLIB = devicepool.SIDE_BY_SIDE[0]
 
@@ -161,16 +161,16 @@ def test_parallel_launcher_runs_as_many_jobs_as_the_gpus_hold(
     monkeypatch, hardware, visible, n_jobs
 ):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose(
-            "config", ["hydra/launcher=parallel", f"hardware={hardware}"], return_hydra_config=True
-        )
+    cfg = compose_config(["hydra/launcher=parallel", f"hardware={hardware}"], hydra=True)
     assert cfg.hydra.launcher._target_ == JOBLIB
-    assert cfg.hydra.launcher.n_jobs == (n_jobs or os.cpu_count())  # no GPU: a job per core
+    # No GPU: a job per core this process may run on (its affinity, not the machine's count).
+    assert cfg.hydra.launcher.n_jobs == (n_jobs or usable_cpus())
 
 
 def test_four_cpu_jobs_at_once_into_one_sqlite_store(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # Data of their own, not the session's twin: the four jobs also race to generate it, and
+    # the generator's lock makes one of them do it while the others wait.
+    uri = sqlite_uri(tmp_path)
     sweep = tmp_path / "sweep"
     epochs = 2
     out = run_cli(
@@ -179,12 +179,9 @@ def test_four_cpu_jobs_at_once_into_one_sqlite_store(tmp_path):
             "hydra/launcher=parallel",
             "hydra.launcher.n_jobs=4",
             "hardware=cpu",
-            "debug=smoke",
+            *smoke_args(tmp_path / "data", tmp_path),
             f"training.epochs={epochs}",
             "training.learning_rate=1e-4,2e-4,3e-4,4e-4",
-            f"data.root={tmp_path / 'data'}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            f"tracking.uri={uri}",
             f"hydra.sweep.dir={sweep}",
         ],
         cwd=tmp_path,
@@ -192,9 +189,8 @@ def test_four_cpu_jobs_at_once_into_one_sqlite_store(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=4" in out.stdout + out.stderr
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("tennis_4event").experiment_id])
-    [parent] = [r for r in runs if r.data.tags.get("tennis_exp.role") == "sweep"]
-    jobs = [r for r in runs if r is not parent]
+    parent, jobs = sweep_of(uri)
+    runs = [parent, *jobs]
     assert len(jobs) == 4 and {r.data.tags["mlflow.parentRunId"] for r in jobs} == {
         parent.info.run_id
     }

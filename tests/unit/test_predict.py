@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from tennis_exp.data.synthetic_match import match_parts, truth, write_match
+from tennis_exp.data.synthetic_videos import write_video
 
 from tennis_exp.data.segments import (
     Segment,
@@ -21,8 +23,6 @@ from tennis_exp.data.segments import (
     write_segments_csv,
     write_segments_json,
 )
-from tennis_exp.data.synthetic_match import match_parts, truth, write_match
-from tennis_exp.data.synthetic_videos import write_video
 from tennis_exp.data.video import VideoReader
 from tennis_exp.engine.hardware import plan_run
 from tennis_exp.errors import UserError
@@ -47,8 +47,9 @@ from tennis_exp.inference.segments import (
 from tennis_exp.inference.windows import Ring
 from tennis_exp.models.cnn_lstm import build_model
 
-from ..helpers.commands import run_cli, run_quick_bench
+from ..helpers.commands import run_cli, run_quick_bench, smoke_args
 from ..helpers.configs import compose_config
+from ..helpers.store import runs_of, sqlite_uri
 
 EVENTS = ["Smash", "Net Play", "Rally", "Serve"]
 A, B = "Smash", "Net Play"
@@ -304,20 +305,13 @@ def test_a_match_is_written_as_a_video_and_its_truth(tmp_path):
 # --- the command ----------------------------------------------------------------------------------
 
 
-def _store(root):
-    return f"sqlite:///{root / 'mlflow.db'}"
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tiny_twin, tmp_path_factory):
     """A smoke model and a short synthetic match with its truth."""
     root = tmp_path_factory.mktemp("predict")
     out = run_cli(
-        ["debug=smoke", "hardware=cpu", f"data.root={root / 'data'}",
-         f"data.cache_dir={root / 'cache'}", f"tracking.uri={_store(root)}",
-         f"hydra.run.dir={root / 'run'}"],
-        cwd=root,
-    )  # fmt: skip
+        smoke_args(tiny_twin, root, "hardware=cpu", f"hydra.run.dir={root / 'run'}"), cwd=root
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     write_match(root / "matches", 0, seconds=8)
     return root
@@ -333,7 +327,7 @@ def test_predict_a_match_gives_segments_plot_scores_and_a_video(trained, tmp_pat
         [f"checkpoint={trained / 'run' / 'checkpoints' / 'best.pth'}", f"video={match}",
          f"truth={trained / 'matches' / 'match_000.segments.csv'}", "hardware=cpu",
          # an untrained model is never confident: every window speaks for an event
-         "predict.min_confidence=0", "predict.render=true", f"tracking.uri={_store(trained)}",
+         "predict.min_confidence=0", "predict.render=true", f"tracking.uri={sqlite_uri(trained)}",
          f"hydra.run.dir={tmp_path / 'p'}"],
         cwd=tmp_path,
     )  # fmt: skip
@@ -355,20 +349,14 @@ def test_predict_a_match_gives_segments_plot_scores_and_a_video(trained, tmp_pat
     with VideoReader(folder / "match_000.events.mp4") as rendered, VideoReader(match) as source:
         assert rendered.info.height >= 256 and len(list(rendered)) == len(list(source))
 
-    client = MlflowClient(_store(trained))
-    experiment = client.get_experiment_by_name("tennis_4event").experiment_id
-    [training] = [
-        r for r in client.search_runs([experiment]) if "tennis_exp.role" not in r.data.tags
-    ]
-    [run] = [
-        r
-        for r in client.search_runs([experiment])
-        if r.data.tags.get("tennis_exp.role") == "prediction"
-    ]
+    runs = runs_of(sqlite_uri(trained))
+    [training] = [r for r in runs if "tennis_exp.role" not in r.data.tags]
+    [run] = [r for r in runs if r.data.tags.get("tennis_exp.role") == "prediction"]
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.parentRunId"] == training.info.run_id
     assert run.data.metrics["map_1s"] == scores["map_1s"]
     assert run.data.metrics["speed/realtime_factor"] > 0
+    client = MlflowClient(sqlite_uri(trained))
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "match_000")}
     assert {"match_000/segments.csv", "match_000/timeline.png", "match_000/windows.csv"} <= (
         artifacts
@@ -379,7 +367,7 @@ def test_a_folder_of_videos_is_scored_against_a_folder_of_truths(trained, tmp_pa
     matches = trained / "matches"
     out = predict(
         [f"checkpoint={trained / 'run' / 'checkpoints' / 'best.pth'}", f"video={matches}",
-         f"truth={matches}", "hardware=cpu", f"tracking.uri={_store(tmp_path)}",
+         f"truth={matches}", "hardware=cpu", f"tracking.uri={sqlite_uri(tmp_path)}",
          f"hydra.run.dir={tmp_path / 'p'}"],
         cwd=tmp_path,
     )  # fmt: skip
@@ -420,7 +408,7 @@ def test_mistakes_are_one_line_and_leave_no_run(trained, tmp_path, args, expecte
     if not any(a.startswith("checkpoint=") for a in given):
         given.append(f"checkpoint={paths['best']}")
     out = predict(
-        [*given, "hardware=cpu", f"tracking.uri={_store(tmp_path)}",
+        [*given, "hardware=cpu", f"tracking.uri={sqlite_uri(tmp_path)}",
          f"hydra.run.dir={tmp_path / 'p'}"],
         cwd=tmp_path,
     )  # fmt: skip

@@ -7,7 +7,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 from torchvision.transforms.v2 import functional as TF
 
 from tennis_exp.config import Augment, AugmentConfig, AugmentPer, uses_feature_cache, validate
@@ -16,8 +15,9 @@ from tennis_exp.engine.objective import class_weights
 from tennis_exp.errors import UserError
 from tennis_exp.models.cnn_lstm import build_model
 
-from ..helpers.commands import run_cli
+from ..helpers.commands import run_cli, smoke_args
 from ..helpers.configs import compose_config
+from ..helpers.store import only_run, sqlite_uri
 
 EVENTS = ["Smash", "Net Play", "Rally", "Serve"]
 
@@ -170,27 +170,23 @@ def test_augmentation_matches_torchvision_per_window():
 
 def test_no_augmentation_is_the_identity():
     frames = _windows()
-    assert augment(frames, AugmentConfig()) is frames
+    assert augment(frames, AugmentConfig(kind=Augment.none)) is frames
 
 
-def test_balanced_weights_and_augmentation_under_ddp(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_balanced_weights_and_augmentation_under_ddp(tiny_twin, tmp_path):
     out = run_cli(
-        [
-            "debug=smoke",
+        smoke_args(
+            tiny_twin,
+            tmp_path,
             "hardware=cpu_ddp2",
             "training.class_weights=balanced",
             "data.augment.kind=flip_jitter",
-            f"data.root={tmp_path / 'data'}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            f"tracking.uri={uri}",
             f"hydra.run.dir={tmp_path / 'run'}",
-        ],
+        ),
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    client = MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name("tennis_4event").experiment_id])
+    run = only_run(sqlite_uri(tmp_path))
     params = run.data.params
     # The tiny preset's training windows: Smash 8, Net Play 15, Rally 40, Serve 9 (n = 72).
     expected = {"smash": 72 / 32, "net_play": 72 / 60, "rally": 72 / 160, "serve": 72 / 36}

@@ -10,39 +10,34 @@ import sys
 
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 from torch.utils.data import Dataset
 
 from tennis_exp.engine import train as train_module
 
-from ..helpers.commands import run_cli
+from ..helpers.commands import run_cli, smoke_args
+from ..helpers.store import history, only_run, sqlite_uri
 
 METRICS = ["train/loss", "train/acc", "val/loss", "val/macro_f1", "lr"]
 
 
 def _args(tmp_path, store, run_dir):
+    # Data of its own: the twin generated at data.image_size=48, not the session's (32).
     return [
-        "debug=smoke",
+        *smoke_args(tmp_path / "data", tmp_path, store=False),
         "hardware=cpu",
         "training.epochs=3",
         "training.max_batches=null",
         "training.batch_size=2",
         "data.image_size=48",
-        f"data.root={tmp_path / 'data'}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"tracking.uri=sqlite:///{tmp_path / store}",
+        f"tracking.uri={sqlite_uri(tmp_path, store)}",
         f"hydra.run.dir={tmp_path / run_dir}",
     ]
 
 
 def _only_run(tmp_path, store):
-    client = MlflowClient(f"sqlite:///{tmp_path / store}")
-    [run] = client.search_runs([client.get_experiment_by_name("tennis_4event").experiment_id])
-    history = {
-        k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)]
-        for k in [*METRICS, "test/macro_f1", "test/loss"]
-    }
-    return run, history
+    uri = sqlite_uri(tmp_path, store)
+    run = only_run(uri)
+    return run, history(uri, run, [*METRICS, "test/macro_f1", "test/loss"])
 
 
 def test_sigterm_then_resume_matches_a_straight_run(tmp_path):
@@ -103,7 +98,7 @@ def _in_process(smoke_cfg, tmp_path, store):
     cfg.training.epochs = 3
     cfg.training.max_batches = None
     cfg.training.batch_size = 2  # 36 steps an epoch
-    cfg.tracking.uri = f"sqlite:///{tmp_path / store}"
+    cfg.tracking.uri = sqlite_uri(tmp_path, store)
     return cfg
 
 

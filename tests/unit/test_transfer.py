@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from tennis_exp.config import BADMINTON_ACTIONS, validate
+from tennis_exp.config import validate
 from tennis_exp.data.frames import build_datasets
 from tennis_exp.data.split_index import fraction_of
 from tennis_exp.engine import checkpoint
 from tennis_exp.engine import train as train_module
 from tennis_exp.errors import UserError
 
-from ..helpers.commands import run_cli
-from ..helpers.configs import compose_config
+from ..helpers.configs import compose_config, smoke_config
 
 PRESETS = ["badminton_frozen", "badminton_finetune", "badminton_staged", "badminton_scratch"]
 
@@ -31,21 +30,10 @@ def test_the_presets_compose_on_the_badminton_mapping(preset):
     assert cfg.training.class_weights == "balanced" and cfg.training.batch_size == 16
 
 
-def test_a_transfer_preset_needs_its_source(tmp_path):
-    out = run_cli(["experiment=badminton_frozen", "data.root=/b", "dry_run=true",
-                   f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)  # fmt: skip
-    assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == [
-        "Error: this transfer preset starts from another model: pass transfer_from=<its "
-        "checkpoint> (the tennis run's best.pth)"
-    ]
-
-
 @pytest.fixture(scope="module")
-def train_index(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fraction")
-    data = [f"data.root={root / 'data'}", f"data.cache_dir={root / 'cache'}"]
-    cfg = compose_config(["debug=smoke", "data.max_videos_per_action=null", *data])
+def train_index(tiny_twin, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fraction")
+    cfg = smoke_config(tiny_twin, folder, "data.max_videos_per_action=null")
     return build_datasets(cfg.data, cfg.seed)["train"].index
 
 
@@ -99,7 +87,6 @@ def _staged(smoke_cfg, tmp_path, epochs=3):
     cfg.model.freeze_backbone, cfg.model.feature_cache = True, False
     cfg.model.unfreeze_at_epoch, cfg.training.backbone_lr_factor = 3, 0.1
     cfg.training.epochs = epochs
-    cfg.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     return cfg
 
 
@@ -122,54 +109,3 @@ def test_staged_unfreezing_trains_the_backbone_from_its_epoch(smoke_cfg, tmp_pat
     assert not torch.equal(initial.model_state["backbone.0.weight"], weights[2])
     head_lr, backbone_lr = seen[-1][2]
     assert backbone_lr == pytest.approx(0.1 * head_lr)
-
-
-def test_staged_unfreezing_under_ddp(tmp_path):
-    out = run_cli(
-        ["debug=smoke", "hardware=cpu_ddp2", "training.epochs=2", "model.freeze_backbone=true",
-         "model.feature_cache=false", "model.unfreeze_at_epoch=2",
-         f"data.root={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'cache'}",
-         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "epoch 2: the backbone is unfrozen" in out.stdout
-
-
-def test_the_transfer_study_runs_on_the_synthetic_twins(tmp_path):
-    """A tennis model on the tennis twin, then the study's sweep on the badminton twin: each
-    strategy and share of the data a nested run, compared by the keys the sweep varied, with
-    each class's test recall."""
-    store = f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"
-    cache = f"data.cache_dir={tmp_path / 'cache'}"
-    tennis = run_cli(
-        ["debug=smoke", f"data.root={tmp_path / 'tennis'}", cache, store,
-         f"hydra.run.dir={tmp_path / 'tennis-run'}"],
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert tennis.returncode == 0, tennis.stderr[-2000:]
-    study = run_cli(
-        ["--multirun", "experiment=badminton_scratch,badminton_staged",
-         "data.train_fraction=0.5,1.0", "data=synthetic_badminton", "model=small_cnn",
-         f"transfer_from={tmp_path / 'tennis-run' / 'checkpoints' / 'best.pth'}",
-         "debug=smoke", "training.epochs=2",
-         # The sweep's own run must be where its jobs' runs are: in the presets' experiment.
-         "experiment_name=badminton_transfer",
-         f"data.root={tmp_path / 'badminton'}", cache, store,
-         f"hydra.sweep.dir={tmp_path / 'study'}"],
-        cwd=tmp_path,
-        timeout=600,
-    )  # fmt: skip
-    assert study.returncode == 0, study.stderr[-2000:]
-    header, *rows = (tmp_path / "study" / "comparison" / "comparison.csv").read_text().splitlines()
-    assert header.endswith(
-        "recall_net_play,recall_rally,recall_serve,recall_smash,experiment,data.train_fraction"
-    )
-    assert sorted(row.split(",")[-2:] for row in rows) == [
-        ["badminton_scratch", "0.5"], ["badminton_scratch", "1.0"],
-        ["badminton_staged", "0.5"], ["badminton_staged", "1.0"],
-    ]  # fmt: skip
-    assert all(",FINISHED," in row for row in rows)
-    assert (tmp_path / "study" / "comparison" / "study.png").stat().st_size > 0
-    # The badminton twin's own folders were read: the stroke names of data=badminton.
-    assert {p.name for p in (tmp_path / "badminton" / "train").iterdir()} <= set(BADMINTON_ACTIONS)

@@ -1,0 +1,90 @@
+"""Transfer as users run it: a preset's missing source, staged unfreezing under DDP, and the
+transfer study on the synthetic twins."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tennis_exp.config import BADMINTON_ACTIONS
+from tennis_exp.engine.checkpoint import Checkpoint, load, save
+from tennis_exp.models.cnn_lstm import build_model
+
+from ..helpers.commands import run_cli, smoke_args
+from ..helpers.configs import compose_config
+
+
+def test_a_transfer_preset_needs_its_source(tmp_path):
+    out = run_cli(["experiment=badminton_frozen", "data.root=/b", "dry_run=true",
+                   f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "Error: this transfer preset starts from another model: pass transfer_from=<its "
+        "checkpoint> (the tennis run's best.pth)"
+    ]
+
+
+def test_staged_unfreezing_under_ddp(tiny_twin, tmp_path):
+    # Both ranks start from one known model (model.init_from), the backbone frozen for epoch 1
+    # and trained from epoch 2 on, at a tenth of the head's LR.
+    torch.manual_seed(0)
+    model = build_model(compose_config(["debug=smoke"]).model, num_classes=4)
+    save(tmp_path / "start.pth", Checkpoint(model.state_dict()))
+    out = run_cli(
+        smoke_args(
+            tiny_twin, tmp_path, "hardware=cpu_ddp2", "training.epochs=2",
+            "model.freeze_backbone=true", "model.feature_cache=false", "model.unfreeze_at_epoch=2",
+            "training.backbone_lr_factor=0.1", f"model.init_from={tmp_path / 'start.pth'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "epoch 2: the backbone is unfrozen" in out.stdout
+
+    # The weights after epoch 2, against the ones both ranks started from: the unfrozen
+    # backbone trained under DDP, every parameter of it.
+    start = load(tmp_path / "start.pth").model_state
+    last = load(tmp_path / "run" / "checkpoints" / "last.pth")
+    assert last.train_state["epoch"] == 2
+    backbone = [f"backbone.{name}" for name, _ in model.backbone.named_parameters()]
+    assert backbone
+    for key in backbone:
+        assert not torch.equal(last.model_state[key], start[key]), f"{key} did not train"
+    groups = last.train_state["optimizer_state_dict"]["param_groups"]
+    head_lr, backbone_lr = (group["lr"] for group in groups)
+    assert backbone_lr == pytest.approx(0.1 * head_lr)
+
+
+def test_the_transfer_study_runs_on_the_synthetic_twins(tiny_twin, tmp_path):
+    """A tennis model on the tennis twin, then the study's sweep on the badminton twin: each
+    strategy and share of the data a nested run, compared by the keys the sweep varied, with
+    each class's test recall."""
+    tennis = run_cli(
+        smoke_args(tiny_twin, tmp_path, f"hydra.run.dir={tmp_path / 'tennis-run'}"), cwd=tmp_path
+    )
+    assert tennis.returncode == 0, tennis.stderr[-2000:]
+    study = run_cli(
+        ["--multirun", "experiment=badminton_scratch,badminton_staged",
+         "data.train_fraction=0.5,1.0", "data=synthetic_badminton", "model=small_cnn",
+         f"transfer_from={tmp_path / 'tennis-run' / 'checkpoints' / 'best.pth'}",
+         *smoke_args(tmp_path / "badminton", tmp_path), "training.epochs=2",
+         # The sweep's own run must be where its jobs' runs are: in the presets' experiment.
+         "experiment_name=badminton_transfer",
+         f"hydra.sweep.dir={tmp_path / 'study'}"],
+        cwd=tmp_path,
+        timeout=600,
+    )  # fmt: skip
+    assert study.returncode == 0, study.stderr[-2000:]
+    header, *rows = (tmp_path / "study" / "comparison" / "comparison.csv").read_text().splitlines()
+    assert header.endswith(
+        "recall_net_play,recall_rally,recall_serve,recall_smash,experiment,data.train_fraction"
+    )
+    assert sorted(row.split(",")[-2:] for row in rows) == [
+        ["badminton_scratch", "0.5"], ["badminton_scratch", "1.0"],
+        ["badminton_staged", "0.5"], ["badminton_staged", "1.0"],
+    ]  # fmt: skip
+    assert all(",FINISHED," in row for row in rows)
+    assert (tmp_path / "study" / "comparison" / "study.png").stat().st_size > 0
+    # The badminton twin's own folders were read: the stroke names of data=badminton.
+    assert {p.name for p in (tmp_path / "badminton" / "train").iterdir()} <= set(BADMINTON_ACTIONS)
