@@ -1,11 +1,11 @@
 """Synthetic matches: clips of the four events strung into long videos with idle play between
 them, each with its ground-truth segments: a test set for `predict`, from video to scores.
 
-    python -m tennis_exp.data.synthetic_match data/matches --matches 2 --seconds 120
+    python -m tennis_exp.synthetic.match data/matches --matches 2 --seconds 120
 
 writes `<root>/match_000.avi` (MPEG-4 in AVI, as THETIS's files) and `match_000.segments.csv`
 (start, end, event, confidence: the format `predict` writes and `truth=` reads). Each event
-segment is one clip of the synthetic twin (tennis_exp/data/synthetic.py's `render_clip`) of a
+segment is one clip of the synthetic twin (tennis_exp/synthetic/clip.py's `render_clip`) of a
 THETIS action of that event, 2-5 s long, rendered from its own random stream, distinct from
 every clip of the training data. The events come in shuffled rounds of all four, so each is
 about as frequent, and never twice in a row. Idle play (no event) 1-3 s long comes before the
@@ -25,8 +25,8 @@ import numpy as np
 
 from tennis_exp.config import EVENTS, THETIS_ACTIONS
 from tennis_exp.data.segments import Segment, write_segments_csv
-from tennis_exp.data.synthetic import Video, render_clip
 from tennis_exp.data.video import VideoWriter
+from tennis_exp.synthetic.clip import Video, render_clip
 
 FPS = 25
 # render_clip's `split_index` for matches: far from the twin's splits (0-2), so no clip of a
@@ -126,7 +126,7 @@ def write_match(
     rng = np.random.default_rng(np.random.SeedSequence([seed, _MATCH_STREAM, match, 1]))
     parts = match_parts(seconds, rng, fps)
     video = root / f"match_{match:03d}.avi"
-    bit_rate = max(200_000, image_size * image_size * fps // 2)  # as synthetic_videos'
+    bit_rate = max(200_000, image_size * image_size * fps // 2)  # as videos.py's
     with VideoWriter(video, fps, image_size, image_size, "mpeg4", bit_rate) as out:
         for frames in render_parts(parts, match, seed, image_size):
             for frame in frames:
@@ -138,7 +138,7 @@ def write_match(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m tennis_exp.data.synthetic_match", description=__doc__.splitlines()[0]
+        prog="python -m tennis_exp.synthetic.match", description=__doc__.splitlines()[0]
     )
     parser.add_argument("root", type=Path, help="the folder to write the matches into")
     parser.add_argument("--matches", type=int, default=1)

@@ -1,10 +1,10 @@
 """The synthetic twin as raw videos, named as THETIS's: what `prepare` starts from, without THETIS.
 
-    python -m tennis_exp.data.synthetic_videos data/synthetic_videos/VIDEO_RGB --preset tiny
+    python -m tennis_exp.synthetic.videos data/synthetic_videos/VIDEO_RGB --preset tiny
 
 writes `<root>/<action>/p<player>_<action>_s<take>.avi` (MPEG-4 Part 2 in AVI, as THETIS's
 files): every video of the synthetic preset's plan, its three splits pooled, each rendered as in
-the frame twin (tennis_exp/data/synthetic.py). The videos are dealt to `players` players in
+the frame twin (tennis_exp/synthetic/). The videos are dealt to `players` players in
 turn, so a player holds videos of most actions, and splitting by player means what it does on
 THETIS.
 """
@@ -18,8 +18,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tennis_exp.data.synthetic import Video, plan, render_clip
 from tennis_exp.data.video import VideoWriter
+from tennis_exp.synthetic.clip import Video, render_clip
+from tennis_exp.synthetic.plan import plan
 
 
 class RawVideo(NamedTuple):
@@ -70,7 +71,7 @@ def write_videos(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m tennis_exp.data.synthetic_videos",
+        prog="python -m tennis_exp.synthetic.videos",
         description=__doc__.splitlines()[0],
     )
     parser.add_argument("root", type=Path, help="the folder to write, as THETIS's VIDEO_RGB")

@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from tennis_exp.data.synthetic_match import match_parts, truth, write_match
-from tennis_exp.data.synthetic_videos import write_video
 
 from tennis_exp.data.segments import (
     Segment,
@@ -46,6 +44,8 @@ from tennis_exp.inference.segments import (
 )
 from tennis_exp.inference.windows import Ring
 from tennis_exp.models.cnn_lstm import build_model
+from tennis_exp.synthetic.match import match_parts, truth, write_match
+from tennis_exp.synthetic.videos import write_video
 
 from ..helpers.commands import run_cli, run_quick_bench, smoke_args
 from ..helpers.configs import compose_config

@@ -16,9 +16,9 @@ from PIL import Image
 
 from tennis_exp.config import THETIS_ACTIONS, THETIS_EXCLUDED
 from tennis_exp.data.splits import SPLITS, VideoRef, assign, from_manifest, player_of
-from tennis_exp.data.synthetic_videos import write_video, write_videos
 from tennis_exp.data.video import VIDEO_SUFFIXES, VideoReader
 from tennis_exp.errors import UserError
+from tennis_exp.synthetic.videos import write_video, write_videos
 
 from ..helpers.commands import run_cli, run_quick_bench, table_rows
 

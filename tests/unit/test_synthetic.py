@@ -15,9 +15,14 @@ import yaml
 from PIL import Image
 
 from tennis_exp.config import BADMINTON_ACTIONS, EVENTS, THETIS_ACTIONS, THETIS_EXCLUDED
-from tennis_exp.data import synthetic
-from tennis_exp.data.synthetic import ensure_synthetic, expected_windows
+from tennis_exp.data.synthetic import ensure_synthetic
 from tennis_exp.errors import UserError
+from tennis_exp.synthetic import generate
+from tennis_exp.synthetic.camera import Camera
+from tennis_exp.synthetic.cast import cast_of
+from tennis_exp.synthetic.clip import render_video
+from tennis_exp.synthetic.plan import expected_windows, plan
+from tennis_exp.synthetic.sports import SPORTS as SPORT_TABLE
 
 SPLITS = ("train", "val", "test")
 STRIDES = {"train": 8, "val": 16, "test": 16}
@@ -112,9 +117,9 @@ def test_full_plan_has_the_real_window_counts():
     }
     assert expected["train"] == {"Smash": 839, "Net Play": 1597, "Rally": 4344, "Serve": 995}
     for preset in ("full", "small", "tiny"):
-        plan = synthetic.plan(preset)
+        planned = plan(preset)
         lengths = {split: {} for split in SPLITS}
-        for split, videos in plan.items():
+        for split, videos in planned.items():
             for video in videos:
                 lengths[split].setdefault(video.action, []).append(video.length)
             assert len({video.name for video in videos}) == len(videos)
@@ -128,7 +133,7 @@ def test_small_preset_size_and_priors():
     assert 1000 <= totals["train"] <= 1400
     assert 200 <= totals["val"] <= 250 and 200 <= totals["test"] <= 250
     # Spread over many short videos: from a few long ones a small CNN learns each video's look.
-    assert len(synthetic.plan("small")["train"]) >= totals["train"] // 2
+    assert len(plan("small")["train"]) >= totals["train"] // 2
     for split in SPLITS:
         for event in EVENTS:
             prior = full[split][event] / sum(full[split].values())
@@ -138,14 +143,14 @@ def test_small_preset_size_and_priors():
 def test_deterministic_by_seed(tiny: Path, tmp_path: Path, monkeypatch):
     # Through the process pool this time (where there are cores): the same bytes as the fixture's
     # serial run, so neither the order of videos nor the worker matters.
-    monkeypatch.setattr(synthetic, "_POOL_MIN_FRAMES", 0)
+    monkeypatch.setattr(generate, "POOL_MIN_FRAMES", 0)
     assert ensure_synthetic(tmp_path / "same", "tiny", seed=0, image_size=SIZE)
     first = digest(tiny)
     assert digest(tmp_path / "same") == first
     # Another seed renders the same plan differently; a few videos show it.
-    for index, video in enumerate(synthetic.plan("tiny")["val"][:5]):
+    for index, video in enumerate(plan("tiny")["val"][:5]):
         (tmp_path / "other" / video.action).mkdir(parents=True, exist_ok=True)
-        synthetic._write_video((tmp_path / "other", 1, index, video, 1, SIZE, "tennis"))
+        generate.write_video((tmp_path / "other", 1, index, video, 1, SIZE, "tennis"))
     other = digest(tmp_path / "other")
     assert len(other) > 50
     assert all(value != first[f"val/{name}"] for name, value in other.items())
@@ -172,7 +177,7 @@ def test_interrupted_generation_keeps_the_old_dataset(tiny: Path, tmp_path: Path
     def crash(task):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synthetic, "_write_video", crash)
+    monkeypatch.setattr(generate, "write_video", crash)
     with pytest.raises(KeyboardInterrupt):
         ensure_synthetic(root, "tiny", seed=1, image_size=SIZE)
     assert digest(root) == digest(tiny)
@@ -211,8 +216,8 @@ def test_motion_separates_events_single_frames_do_not():
     for label, event in enumerate(EVENTS):
         for k in range(10):
             rng = np.random.default_rng([7, label, k])
-            frames, ball = synthetic._render_video(
-                event, actions[event][k % len(actions[event])], 40, 64, rng, synthetic._cast(0)
+            frames, ball = render_video(
+                event, actions[event][k % len(actions[event])], 40, 64, rng, cast_of(0)
             )
             for t in np.flatnonzero(~np.isnan(ball[:, 0])):
                 x, y = ball[t].astype(int)
@@ -281,8 +286,8 @@ def test_a_volley_is_a_rally_stroke_played_backwards():
     bounce_at = {"Rally": [], "Net Play": []}
     for k in range(12):
         clips = {
-            event: synthetic._render_video(
-                event, "forehand_flat", 48, 64, np.random.default_rng([5, k]), synthetic._cast(0)
+            event: render_video(
+                event, "forehand_flat", 48, 64, np.random.default_rng([5, k]), cast_of(0)
             )
             for event in bounce_at
         }
@@ -324,15 +329,15 @@ def test_the_badminton_twin_has_the_users_stroke_folders_and_counts(tmp_path: Pa
 
 
 def test_the_badminton_mapping_is_data_badmintons():
-    conf = Path(__file__).parents[1] / "conf" / "data" / "badminton.yaml"
+    conf = Path(__file__).parents[2] / "conf" / "data" / "badminton.yaml"
     assert yaml.safe_load(conf.read_text())["actions"] == BADMINTON_ACTIONS
 
 
 def _incoming_heights(sport: str, event: str, seed: int) -> np.ndarray:
     """The ball's height over the frames before a contact, from the sport's flight model, with
     the hand and racket where a player 0.28 tall holds them (shoulder at 0.22)."""
-    cam = synthetic._Camera(f=1.2, cy=0.6, x=0.0, d=-0.5, height=0.2)
-    table = synthetic._SPORTS[sport]
+    cam = Camera(f=1.2, cy=0.6, x=0.0, d=-0.5, height=0.2)
+    table = SPORT_TABLE[sport]
     contact = np.radians(table.swing[event][0][0][1])  # the racket's angle at the hit
     hit = nxt = np.array([0.05, 0.2, 0.22 + 0.17 * np.sin(contact)])
 
