@@ -152,28 +152,6 @@ def test_multirun_of_two_cpu_jobs(tiny_twin, tmp_path):
     assert (tmp_path / "again" / "comparison.csv").read_text() == "\n".join(table) + "\n"
 
 
-def test_the_scaled_lr_is_the_lr_that_trains(tiny_twin, tmp_path):
-    # The guide's rule under DDP: 2 ranks of batch 8, effective 16, LR 1e-4 x 2. The warmup
-    # reaches it within epoch 1, and every epoch's last step trains at exactly that LR.
-    out = run_cli(
-        smoke_args(
-            tiny_twin,
-            tmp_path,
-            "hardware=cpu_ddp2",
-            "training.epochs=3",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ),
-        cwd=tmp_path,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "Learning rate: 0.0002 (linear: 0.0001 x (16/8)^1)" in out.stdout
-    client, [run] = MlflowClient(sqlite_uri(tmp_path)), runs_of(sqlite_uri(tmp_path))
-    planned = float(run.data.params["scaling.learning_rate"])
-    assert planned == 2e-4
-    history = client.get_metric_history(run.info.run_id, "lr")
-    assert sorted((m.step, m.value) for m in history) == [(1, planned), (2, planned), (3, planned)]
-
-
 def test_smoke_runs_tiny_on_the_data_it_was_given(tmp_path):
     layout = {
         split: {"smash": [16] * 10, "forehand_volley": [16], "backhand": [24], "flat_service": [16]}

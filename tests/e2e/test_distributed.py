@@ -11,6 +11,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -29,7 +30,7 @@ from tennis_exp.models.cnn_lstm import build_model
 from ..helpers.commands import run_cli, smoke_args
 from ..helpers.configs import compose_config
 from ..helpers.ports import free_port
-from ..helpers.store import jobs_of, only_run, sqlite_uri
+from ..helpers.store import history, jobs_of, only_run, sqlite_uri
 
 
 def _args(data, tmp_path, *extra):
@@ -37,12 +38,21 @@ def _args(data, tmp_path, *extra):
     return smoke_args(data, tmp_path, "training.max_batches=null", *extra)
 
 
-def test_two_gloo_processes_train_one_run(tiny_twin, tmp_path):
+@pytest.fixture(scope="module")
+def ddp_run(tiny_twin, tmp_path_factory):
+    """Two gloo ranks through the command line, three epochs over the whole splits."""
+    root = tmp_path_factory.mktemp("ddp")
     out = run_cli(
-        _args(tiny_twin, tmp_path, "hardware=cpu_ddp2", f"hydra.run.dir={tmp_path / 'run'}"),
-        cwd=tmp_path,
-    )
+        _args(tiny_twin, root, "hardware=cpu_ddp2", "training.epochs=3",
+              f"hydra.run.dir={root / 'run'}"),
+        cwd=root,
+    )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return root, out
+
+
+def test_two_gloo_processes_train_one_run(tiny_twin, ddp_run):
+    tmp_path, out = ddp_run
     assert "Strategy: ddp (backend gloo, world size 2)" in out.stdout
     assert "Effective batch size: 16" in out.stdout
 
@@ -69,6 +79,18 @@ def test_two_gloo_processes_train_one_run(tiny_twin, tmp_path):
     assert run.data.metrics["test/acc"] == pytest.approx(metrics["acc"], abs=1e-9)
     assert run.data.metrics["test/macro_f1"] == pytest.approx(metrics["macro_f1"], abs=1e-9)
     assert run.data.metrics["test/loss"] == pytest.approx(metrics["loss"], rel=1e-5)
+
+
+def test_the_scaled_lr_is_the_lr_that_trains(ddp_run):
+    # The guide's rule under DDP: 2 ranks of batch 8, effective 16, LR 1e-4 x 2. The warmup
+    # reaches it within epoch 1, and every epoch's last step trains at exactly that LR.
+    tmp_path, out = ddp_run
+    assert "Learning rate: 0.0002 (linear: 0.0001 x (16/8)^1)" in out.stdout
+    run = only_run(sqlite_uri(tmp_path))
+    planned = float(run.data.params["scaling.learning_rate"])
+    assert planned == 2e-4
+    lrs = history(sqlite_uri(tmp_path), run, ["lr"])["lr"]
+    assert sorted(lrs) == [(1, planned), (2, planned), (3, planned)]
 
 
 def _break_a_frame_of_rank_1(tiny_twin, tmp_path, root):
@@ -120,87 +142,102 @@ def test_multirun_single_process_then_ddp(tiny_twin, tmp_path):
     assert (sweep / "1-cpu_ddp2" / "checkpoints" / "best.pth").is_file()
 
 
-def _sweep(data, tmp_path, sweep, *overrides):
-    return run_cli(
-        ["--multirun", *overrides, *_args(data, tmp_path), f"hydra.sweep.dir={sweep}"],
-        cwd=tmp_path,
-    )
+@pytest.fixture(scope="module")
+def submitit_local(tiny_twin, tmp_path_factory):
+    """The SLURM launcher's local mode: each job runs in a process submitit starts and watches;
+    a CPU job, and a two-GPU job that cannot run here."""
+    root = tmp_path_factory.mktemp("submitit")
+    out = run_cli(
+        ["--multirun", "hydra/launcher=submitit_local", "hardware=cpu,gpu2",
+         *_args(tiny_twin, root), f"hydra.sweep.dir={root / 'sweep'}"],
+        cwd=root,
+        env={"CUDA_VISIBLE_DEVICES": ""},
+    )  # fmt: skip
+    return root, out
 
 
-def test_submitit_local_launcher_runs_a_job(tiny_twin, tmp_path):
-    # The SLURM launcher's local mode: the job runs in a process submitit starts and watches.
-    sweep = tmp_path / "sweep"
-    out = _sweep(tiny_twin, tmp_path, sweep, "hydra/launcher=submitit_local", "hardware=cpu")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+def test_submitit_local_launcher_runs_a_job(submitit_local):
+    tmp_path, out = submitit_local
     assert "Submitit 'local' sweep output dir" in out.stdout + out.stderr
-    [job] = jobs_of(sqlite_uri(tmp_path))
-    assert job.info.status == "FINISHED" and job.data.tags["hardware"] == "cpu"
-    assert list((sweep / ".submitit").iterdir())  # submitit's own job records
+    [job] = [r for r in jobs_of(sqlite_uri(tmp_path)) if r.data.tags["hardware"] == "cpu"]
+    assert job.info.status == "FINISHED"
+    assert list((tmp_path / "sweep" / ".submitit").iterdir())  # submitit's own job records
 
 
-def test_submitit_one_task_per_device_sweep(tiny_twin, tmp_path):
-    # hydra/launcher=local_ddp is slurm_ddp on this machine: submitit starts one task per
-    # device and every task is one rank; two jobs, each with its own process group.
-    sweep = tmp_path / "sweep"
-    out = _sweep(
-        tiny_twin,
-        tmp_path,
-        sweep,
-        "hydra/launcher=local_ddp",
-        "hardware=cpu_ddp2",
-        "training.learning_rate=1e-4,2e-4",
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    jobs = jobs_of(sqlite_uri(tmp_path))
-    assert sorted(r.info.run_name for r in jobs) == [
-        "cpu_ddp2-ddp-bs16-lr2e-4",
-        "cpu_ddp2-ddp-bs16-lr4e-4",
-    ]
-    for run in jobs:
-        assert run.info.status == "FINISHED"
-        assert run.data.params["scaling.world_size"] == "2"
-        assert run.data.params["scaling.per_device_batch_size"] == "8"
-        assert run.data.params["scaling.effective_batch_size"] == "16"
-    cfg = compose_config(_args(tiny_twin, tmp_path, "hardware=cpu"))
-    for job in ("0-cpu_ddp2", "1-cpu_ddp2"):
-        assert not (sweep / job / "ranks").exists()  # the tasks were the ranks: no launch
-        load_weights(build_model(cfg.model, 4), sweep / job / "checkpoints" / "best.pth")
-    submitted = list((sweep / ".submitit").glob("[0-9]*"))  # one folder per job
-    assert len(submitted) == 2
-    for tasks in submitted:
-        logs = [(tasks / f"{tasks.name}_{k}_log.out").read_text() for k in (0, 1)]
-        assert "Strategy: ddp (backend gloo, world size 2)" in logs[0]
-        assert "Strategy" not in logs[1]  # rank 1 stays quiet
+def test_a_user_error_in_a_submitit_job_fails_the_sweep(submitit_local):
+    # The job runs in a process submitit starts: its failure reaches the command by its run.
+    tmp_path, out = submitit_local
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: hardware=gpu2 needs 2 CUDA device(s) but 0 visible")
+    [job] = [r for r in jobs_of(sqlite_uri(tmp_path)) if r.data.tags["hardware"] == "gpu2"]
+    assert job.info.status == "FAILED"
 
 
-def test_a_failing_submitit_rank_fails_its_job_and_the_sweep_goes_on(tiny_twin, tmp_path):
-    # slurm_ddp's local twin: each task is one rank and nothing supervises them, so rank 1's
-    # error must reach rank 0 (which keeps the run) and both must stop, soon.
-    bad, good = tmp_path / "bad", tiny_twin
-    broken = _break_a_frame_of_rank_1(tiny_twin, tmp_path, bad)
-    sweep = tmp_path / "sweep"
+@pytest.fixture(scope="module")
+def submitit_ddp(tiny_twin, tmp_path_factory):
+    """hydra/launcher=local_ddp is slurm_ddp on this machine: submitit starts one task per
+    device and every task is one rank. Two jobs, each with its own process group: the first on
+    a copy of the twin with a frame that rank 1 alone reads broken, the second on the twin."""
+    root = tmp_path_factory.mktemp("submitit-ddp")
+    bad = root / "bad"
+    broken = _break_a_frame_of_rank_1(tiny_twin, root, bad)
     out = run_cli(
         [
             "--multirun",
             "hydra/launcher=local_ddp",
             "hardware=cpu_ddp2",
             "data.frame_cache=false",
-            *_args(f"{bad},{good}", tmp_path),
-            f"hydra.sweep.dir={sweep}",
+            *_args(f"{bad},{tiny_twin}", root),
+            f"hydra.sweep.dir={root / 'sweep'}",
         ],
-        cwd=tmp_path,
+        cwd=root,
         timeout=240,  # a rank left waiting on its lost peer would hang the sweep
     )
+    jobs = {r.data.params["data.root"]: r for r in jobs_of(sqlite_uri(root))}
+    return SimpleNamespace(
+        out=out,
+        sweep=root / "sweep",
+        broken=broken,
+        bad=jobs[str(bad)],
+        good=jobs[str(tiny_twin)],
+        cfg=_args(tiny_twin, root, "hardware=cpu"),
+    )
+
+
+def test_submitit_one_task_per_device_sweep(submitit_ddp):
+    run, sweep = submitit_ddp.good, submitit_ddp.sweep
+    assert run.info.run_name == "cpu_ddp2-ddp-bs16-lr2e-4"
+    assert run.info.status == "FINISHED"  # the sweep went on past the first job's failure
+    assert run.data.params["scaling.world_size"] == "2"
+    assert run.data.params["scaling.per_device_batch_size"] == "8"
+    assert run.data.params["scaling.effective_batch_size"] == "16"
+    cfg = compose_config(submitit_ddp.cfg)
+    for job in ("0-cpu_ddp2", "1-cpu_ddp2"):
+        assert not (sweep / job / "ranks").exists()  # the tasks were the ranks: no launch
+    load_weights(build_model(cfg.model, 4), sweep / "1-cpu_ddp2" / "checkpoints" / "best.pth")
+    submitted = list((sweep / ".submitit").glob("[0-9]*"))  # one folder per job
+    assert len(submitted) == 2
+    [tasks] = [t for t in submitted if "][ERROR]" not in (t / f"{t.name}_1_log.out").read_text()]
+    logs = [(tasks / f"{tasks.name}_{k}_log.out").read_text() for k in (0, 1)]
+    assert "Strategy: ddp (backend gloo, world size 2)" in logs[0]
+    assert "Strategy" not in logs[1]  # rank 1 stays quiet
+
+
+def test_a_failing_submitit_rank_fails_its_job_and_the_sweep_goes_on(submitit_ddp):
+    # slurm_ddp's local twin: each task is one rank and nothing supervises them, so rank 1's
+    # error must reach rank 0 (which keeps the run) and both must stop, soon.
+    out, sweep = submitit_ddp.out, submitit_ddp.sweep
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: rank 1 of 2 failed: frame ") and broken.name in last
+    assert last.startswith("Error: rank 1 of 2 failed: frame ")
+    assert submitit_ddp.broken.name in last
     assert "not a readable JPEG" in last and "Traceback" not in out.stderr
     assert (out.stdout + out.stderr).count("not a readable JPEG") == 1  # rank 1 kept quiet
 
-    jobs = {r.data.params["data.root"]: r for r in jobs_of(sqlite_uri(tmp_path))}
-    assert jobs[str(bad)].info.status == "FAILED"
-    assert jobs[str(bad)].data.tags["error"] == last.removeprefix("Error: ")
-    assert jobs[str(good)].info.status == "FINISHED"  # the sweep went on
+    assert submitit_ddp.bad.info.status == "FAILED"
+    assert submitit_ddp.bad.data.tags["error"] == last.removeprefix("Error: ")
+    assert submitit_ddp.good.info.status == "FINISHED"  # the sweep went on
 
     # Rank 0 stopped within seconds of rank 1's failure (it used to wait for its lost peer).
     [logs] = [
@@ -216,26 +253,6 @@ def _logged_error_time(log: Path) -> float:
     """When a task logged its job's failure (its first ERROR line)."""
     line = next(line for line in log.read_text().splitlines() if "][ERROR]" in line)
     return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-
-
-def test_a_user_error_in_a_submitit_job_fails_the_sweep(tiny_twin, tmp_path):
-    # The job runs in a process submitit starts: its failure reaches the command by its run.
-    out = run_cli(
-        [
-            "--multirun",
-            "hydra/launcher=submitit_local",
-            "hardware=gpu2",
-            *_args(tiny_twin, tmp_path),
-            f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        ],
-        cwd=tmp_path,
-        env={"CUDA_VISIBLE_DEVICES": ""},
-    )
-    assert out.returncode == 1
-    last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: hardware=gpu2 needs 2 CUDA device(s) but 0 visible")
-    [job] = jobs_of(sqlite_uri(tmp_path))
-    assert job.info.status == "FAILED"
 
 
 @pytest.mark.parametrize(("failed_rank", "aborts"), [(1, True), (0, False)])

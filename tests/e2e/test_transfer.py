@@ -1,8 +1,9 @@
-"""Transfer as users run it: a preset's missing source, staged unfreezing under DDP, and the
-transfer study on the synthetic twins."""
+"""Transfer as users run it: a preset's missing source, staged unfreezing under DDP with the
+presets' balanced weights and augmentation, and the transfer study on the synthetic twins."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from tennis_exp.models.cnn_lstm import build_model
 
 from ..helpers.commands import run_cli, smoke_args
 from ..helpers.configs import compose_config
+from ..helpers.store import only_run, sqlite_uri
 
 
 def test_a_transfer_preset_needs_its_source(tmp_path):
@@ -24,28 +26,36 @@ def test_a_transfer_preset_needs_its_source(tmp_path):
     ]
 
 
-def test_staged_unfreezing_under_ddp(tiny_twin, tmp_path):
-    # Both ranks start from one known model (model.init_from), the backbone frozen for epoch 1
-    # and trained from epoch 2 on, at a tenth of the head's LR.
+@pytest.fixture(scope="module")
+def staged(tiny_twin, tmp_path_factory):
+    """A staged run under DDP as the transfer presets train: balanced class weights, augmented
+    windows; both ranks start from one known model (model.init_from), the backbone frozen for
+    epoch 1 and trained from epoch 2 on, at a tenth of the head's LR."""
+    root = tmp_path_factory.mktemp("staged")
     torch.manual_seed(0)
     model = build_model(compose_config(["debug=smoke"]).model, num_classes=4)
-    save(tmp_path / "start.pth", Checkpoint(model.state_dict()))
+    save(root / "start.pth", Checkpoint(model.state_dict()))
     out = run_cli(
         smoke_args(
-            tiny_twin, tmp_path, "hardware=cpu_ddp2", "training.epochs=2",
+            tiny_twin, root, "hardware=cpu_ddp2", "training.epochs=2",
             "model.freeze_backbone=true", "model.feature_cache=false", "model.unfreeze_at_epoch=2",
-            "training.backbone_lr_factor=0.1", f"model.init_from={tmp_path / 'start.pth'}",
-            f"hydra.run.dir={tmp_path / 'run'}",
+            "training.backbone_lr_factor=0.1", f"model.init_from={root / 'start.pth'}",
+            "training.class_weights=balanced", "data.augment.kind=flip_jitter",
+            f"hydra.run.dir={root / 'run'}",
         ),
-        cwd=tmp_path,
+        cwd=root,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "epoch 2: the backbone is unfrozen" in out.stdout
+    return root, out, model
 
+
+def test_staged_unfreezing_under_ddp(staged):
+    root, out, model = staged
+    assert "epoch 2: the backbone is unfrozen" in out.stdout
     # The weights after epoch 2, against the ones both ranks started from: the unfrozen
     # backbone trained under DDP, every parameter of it.
-    start = load(tmp_path / "start.pth").model_state
-    last = load(tmp_path / "run" / "checkpoints" / "last.pth")
+    start = load(root / "start.pth").model_state
+    last = load(root / "run" / "checkpoints" / "last.pth")
     assert last.train_state["epoch"] == 2
     backbone = [f"backbone.{name}" for name, _ in model.backbone.named_parameters()]
     assert backbone
@@ -54,6 +64,18 @@ def test_staged_unfreezing_under_ddp(tiny_twin, tmp_path):
     groups = last.train_state["optimizer_state_dict"]["param_groups"]
     head_lr, backbone_lr = (group["lr"] for group in groups)
     assert backbone_lr == pytest.approx(0.1 * head_lr)
+
+
+def test_balanced_weights_and_augmentation_under_ddp(staged):
+    root, _, _ = staged
+    run = only_run(sqlite_uri(root))
+    params = run.data.params
+    # The tiny preset's training windows: Smash 8, Net Play 15, Rally 40, Serve 9 (n = 72).
+    expected = {"smash": 72 / 32, "net_play": 72 / 60, "rally": 72 / 160, "serve": 72 / 36}
+    for event, weight in expected.items():
+        assert float(params[f"class_weight.{event}"]) == pytest.approx(weight)
+    assert params["data.augment.kind"] == "flip_jitter"
+    assert run.info.status == "FINISHED" and np.isfinite(run.data.metrics["train/loss"])
 
 
 def test_the_transfer_study_runs_on_the_synthetic_twins(tiny_twin, tmp_path):
