@@ -125,7 +125,16 @@ def _film(canvas, ball, visible, s_img, margin, shake, rng) -> tuple[np.ndarray,
         centre[:, 0] = s_img - centre[:, 0]
     centre[~visible | ((centre < 0) | (centre >= s_img)).any(axis=1)] = np.nan
     _occlude(frames, rng)
-    return _expose(frames, rng), centre
+    # Lighting (gain per video and channel), flicker per frame, pixel noise. Each step rebinds
+    # `frames`, so the array before it is freed at once: holding it costs fresh pages.
+    gain = (rng.uniform(0.85, 1.15) * rng.uniform(0.95, 1.05, (3, 1, 1, 1))).astype(np.float32)
+    flicker = 1 + 0.02 * rng.standard_normal((length, 1, 1), dtype=np.float32)
+    frames = frames * (gain * flicker) + np.float32(rng.uniform(-10, 10))
+    # Uniform pixel noise (std 2-7) from random bytes: a normal draw would double the run time.
+    noise = np.frombuffer(rng.bytes(frames.size), np.int8).reshape(frames.shape)
+    frames += noise * np.float32(rng.uniform(2, 7) / 74)
+    frames = np.clip(frames, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(frames.transpose(1, 2, 3, 0)), centre
 
 
 def _occlude(frames: np.ndarray, rng: np.random.Generator) -> None:
@@ -139,17 +148,3 @@ def _occlude(frames: np.ndarray, rng: np.random.Generator) -> None:
         top, left = int(rng.integers(s_img - h)), int(rng.integers(s_img - w))
         colour = np.array(CLOTHES[rng.integers(len(CLOTHES))], np.float32)
         frames[:, start:stop, top : top + h, left : left + w] = colour[:, None, None, None]
-
-
-def _expose(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Lighting (gain per video and channel), flicker per frame and pixel noise, as uint8
-    (T, S, S, 3)."""
-    length = frames.shape[1]
-    gain = (rng.uniform(0.85, 1.15) * rng.uniform(0.95, 1.05, (3, 1, 1, 1))).astype(np.float32)
-    flicker = 1 + 0.02 * rng.standard_normal((length, 1, 1), dtype=np.float32)
-    frames = frames * (gain * flicker) + np.float32(rng.uniform(-10, 10))
-    # Uniform pixel noise (std 2-7) from random bytes: a normal draw would double the run time.
-    noise = np.frombuffer(rng.bytes(frames.size), np.int8).reshape(frames.shape)
-    frames += noise * np.float32(rng.uniform(2, 7) / 74)
-    frames = np.clip(frames, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(frames.transpose(1, 2, 3, 0))
