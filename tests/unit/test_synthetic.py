@@ -1,5 +1,5 @@
-"""The synthetic twin: layout, exact window counts, determinism, regeneration, motion signal,
-order signal."""
+"""The synthetic twin: layout, exact window counts, determinism, regeneration and its lock, motion
+signal, order signal."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import pytest
 import yaml
 from PIL import Image
 
+from tennis_exp import files
 from tennis_exp.config import BADMINTON_ACTIONS, EVENTS, THETIS_ACTIONS, THETIS_EXCLUDED
 from tennis_exp.data.synthetic import ensure_synthetic
 from tennis_exp.errors import UserError
+from tennis_exp.files import locked
 from tennis_exp.synthetic import generate
 from tennis_exp.synthetic.camera import Camera
 from tennis_exp.synthetic.cast import cast_of
@@ -187,6 +189,20 @@ def test_interrupted_generation_keeps_the_old_dataset(tiny: Path, tmp_path: Path
     with pytest.raises(KeyboardInterrupt):
         ensure_synthetic(tmp_path / "fresh", "tiny", seed=0, image_size=SIZE)
     assert not (tmp_path / "fresh").exists()
+
+
+def test_the_dataset_lock_is_held_by_one_and_absent_without_fcntl(tmp_path: Path, monkeypatch):
+    """The lock that ensure_synthetic waits on (and prepare and the GPU pool use): a second
+    holder that does not wait is told so; released, it is free again. Without fcntl (Windows)
+    there are no locks, and every holder goes on."""
+    lock = tmp_path / ".data.synthetic.lock"
+    with locked(lock) as first, locked(lock, wait=False) as second:
+        assert (first, second) == (True, False)
+    with locked(lock, wait=False) as again:
+        assert again
+    monkeypatch.setattr(files, "fcntl", None)
+    with locked(lock) as first, locked(lock, wait=False) as second:
+        assert (first, second) == (True, True)
 
 
 def test_split_folders_without_marker_are_not_replaced(tmp_path: Path):
