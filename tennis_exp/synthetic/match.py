@@ -27,6 +27,7 @@ from tennis_exp.config import EVENTS, THETIS_ACTIONS
 from tennis_exp.data.segments import Segment, write_segments_csv
 from tennis_exp.data.video import VideoWriter
 from tennis_exp.synthetic.clip import Video, render_clip
+from tennis_exp.synthetic.videos import bit_rate
 
 FPS = 25
 # render_clip's `split_index` for matches: far from the twin's splits (0-2), so no clip of a
@@ -126,8 +127,8 @@ def write_match(
     rng = np.random.default_rng(np.random.SeedSequence([seed, _MATCH_STREAM, match, 1]))
     parts = match_parts(seconds, rng, fps)
     video = root / f"match_{match:03d}.avi"
-    bit_rate = max(200_000, image_size * image_size * fps // 2)  # as videos.py's
-    with VideoWriter(video, fps, image_size, image_size, "mpeg4", bit_rate) as out:
+    rate = bit_rate(image_size, image_size, fps)
+    with VideoWriter(video, fps, image_size, image_size, "mpeg4", rate) as out:
         for frames in render_parts(parts, match, seed, image_size):
             for frame in frames:
                 out.write(frame)

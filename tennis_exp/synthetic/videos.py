@@ -44,13 +44,16 @@ def raw_videos(preset: str, players: int) -> Iterator[RawVideo]:
             yield RawVideo(f"p{player}_{video.action}_s{take}", video, split_index, index)
 
 
+def bit_rate(width: int, height: int, fps: int) -> int:
+    """Half a bit per pixel: well above what MPEG-4 needs to keep the small ball and racket."""
+    return max(200_000, width * height * fps // 2)
+
+
 def write_video(path: Path, frames: np.ndarray, fps: int = 25) -> None:
     """uint8 (T, H, W, 3) RGB frames (H and W even) as an MPEG-4 AVI, written whole or not at
     all."""
     height, width = frames.shape[1:3]
-    # Half a bit per pixel: well above what MPEG-4 needs to keep the small ball and racket.
-    bit_rate = max(200_000, width * height * fps // 2)
-    with VideoWriter(path, fps, width, height, "mpeg4", bit_rate, "avi") as out:
+    with VideoWriter(path, fps, width, height, "mpeg4", bit_rate(width, height, fps), "avi") as out:
         for frame in frames:
             out.write(frame)
 
