@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from tennis_exp.config import Config
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -18,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--experiment", default="tennis_4event")
+    parser.add_argument("--experiment", default=Config.experiment_name, help="default: %(default)s")
     parser.add_argument("--sweep-dir", help="a sweep's directory (its hydra.sweep.dir)")
     parser.add_argument("--all", action="store_true", help="every run of the experiment")
     parser.add_argument(

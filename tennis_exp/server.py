@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from tennis_exp.config import Config
+
 SERVER_DIR = Path("mlflow-server")  # a lab server's database and artifacts, by default
 
 
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--workers", type=int, help="server processes (MLflow's default: 4)")
-    parser.add_argument("--experiment", default="tennis_4event")
+    parser.add_argument("--experiment", default=Config.experiment_name, help="default: %(default)s")
     args = parser.parse_args(ours)
 
     from tennis_exp.errors import UserError
