@@ -102,7 +102,7 @@ def _sweep(tmp_path):
     return MlflowClient(sqlite_uri(tmp_path)), parent, children
 
 
-def test_multirun_of_two_cpu_jobs(tiny_twin, tmp_path):
+def test_multirun_of_two_cpu_jobs(tiny_twin, store, tmp_path):
     sweep = tmp_path / "sweep"
     out = run_cli(
         ["--multirun", "hardware=cpu,gpu1", *smoke_args(tiny_twin, tmp_path),
@@ -177,7 +177,7 @@ def test_smoke_runs_tiny_on_the_data_it_was_given(tmp_path):
     assert not (tmp_path / "data").exists() and not (frames / ".synthetic.json").exists()
 
 
-def test_system_metrics_are_logged_when_asked(tiny_twin, tmp_path):
+def test_system_metrics_are_logged_when_asked(tiny_twin, store, tmp_path):
     out = run_cli(
         smoke_args(
             tiny_twin,
@@ -205,7 +205,7 @@ def test_runs_started_at_the_same_moment_get_their_own_directories(tmp_path):
     assert len(dirs) == 2 and all((d / ".hydra" / "config.yaml").is_file() for d in dirs)
 
 
-def test_sweep_goes_on_past_a_failed_job(tiny_twin, tmp_path):
+def test_sweep_goes_on_past_a_failed_job(tiny_twin, store, tmp_path):
     # No GPU here: the gpu2 job fails, the cpu job after it still runs.
     out = run_cli(
         [
@@ -232,7 +232,7 @@ def test_sweep_goes_on_past_a_failed_job(tiny_twin, tmp_path):
     assert out.stderr.strip().splitlines()[-1].startswith("Error: hardware=gpu2 needs 2 CUDA")
 
 
-def test_a_swept_preset_in_another_experiment_is_refused_in_one_line(tmp_path):
+def test_a_swept_preset_in_another_experiment_is_refused_in_one_line(store, tmp_path):
     # badminton_scratch sets experiment_name=badminton_transfer; swept beside another preset,
     # the sweep's run is in the command's experiment (tennis_4event), which could not nest or
     # report its job. tennis_baseline's job, in tennis_4event, runs.

@@ -30,7 +30,7 @@ from tennis_exp.models.cnn_lstm import build_model
 from ..helpers.commands import run_cli, smoke_args
 from ..helpers.configs import compose_config
 from ..helpers.ports import free_port
-from ..helpers.store import history, jobs_of, only_run, sqlite_uri
+from ..helpers.store import copy_store, history, jobs_of, only_run, sqlite_uri
 
 
 def _args(data, tmp_path, *extra):
@@ -39,9 +39,10 @@ def _args(data, tmp_path, *extra):
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tiny_twin, tmp_path_factory):
+def ddp_run(tiny_twin, empty_store, tmp_path_factory):
     """Two gloo ranks through the command line, three epochs over the whole splits."""
     root = tmp_path_factory.mktemp("ddp")
+    copy_store(empty_store, root)
     out = run_cli(
         _args(tiny_twin, root, "hardware=cpu_ddp2", "training.epochs=3",
               f"hydra.run.dir={root / 'run'}"),
@@ -105,7 +106,7 @@ def _break_a_frame_of_rank_1(tiny_twin, tmp_path, root):
     return broken
 
 
-def test_a_failing_rank_stops_the_job_and_fails_the_run(tiny_twin, tmp_path):
+def test_a_failing_rank_stops_the_job_and_fails_the_run(tiny_twin, store, tmp_path):
     broken = _break_a_frame_of_rank_1(tiny_twin, tmp_path, tmp_path / "data")
     out = run_cli(
         _args(
@@ -126,7 +127,7 @@ def test_a_failing_rank_stops_the_job_and_fails_the_run(tiny_twin, tmp_path):
     assert "rank 1 of 2 failed" in run.data.tags["error"]
 
 
-def test_multirun_single_process_then_ddp(tiny_twin, tmp_path):
+def test_multirun_single_process_then_ddp(tiny_twin, store, tmp_path):
     sweep = tmp_path / "sweep"
     out = run_cli(
         ["--multirun", "hardware=cpu,cpu_ddp2", *_args(tiny_twin, tmp_path),
@@ -143,10 +144,11 @@ def test_multirun_single_process_then_ddp(tiny_twin, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def submitit_local(tiny_twin, tmp_path_factory):
+def submitit_local(tiny_twin, empty_store, tmp_path_factory):
     """The SLURM launcher's local mode: each job runs in a process submitit starts and watches;
     a CPU job, and a two-GPU job that cannot run here."""
     root = tmp_path_factory.mktemp("submitit")
+    copy_store(empty_store, root)
     out = run_cli(
         ["--multirun", "hydra/launcher=submitit_local", "hardware=cpu,gpu2",
          *_args(tiny_twin, root), f"hydra.sweep.dir={root / 'sweep'}"],
@@ -175,11 +177,12 @@ def test_a_user_error_in_a_submitit_job_fails_the_sweep(submitit_local):
 
 
 @pytest.fixture(scope="module")
-def submitit_ddp(tiny_twin, tmp_path_factory):
+def submitit_ddp(tiny_twin, empty_store, tmp_path_factory):
     """hydra/launcher=local_ddp is slurm_ddp on this machine: submitit starts one task per
     device and every task is one rank. Two jobs, each with its own process group: the first on
     a copy of the twin with a frame that rank 1 alone reads broken, the second on the twin."""
     root = tmp_path_factory.mktemp("submitit-ddp")
+    copy_store(empty_store, root)
     bad = root / "bad"
     broken = _break_a_frame_of_rank_1(tiny_twin, root, bad)
     out = run_cli(
@@ -335,7 +338,7 @@ def test_submitit_tasks_that_do_not_match_the_config_are_a_user_error(
         distributed.init_process_group(compose_config(overrides))
 
 
-def test_torchrun_workers_do_not_launch_again(tiny_twin, tmp_path):
+def test_torchrun_workers_do_not_launch_again(tiny_twin, store, tmp_path):
     out = subprocess.run(
         [
             sys.executable,
@@ -361,7 +364,7 @@ def test_torchrun_workers_do_not_launch_again(tiny_twin, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "best.pth").is_file()
 
 
-def test_sigterm_stops_every_rank_and_marks_the_run_killed(tiny_twin, tmp_path):
+def test_sigterm_stops_every_rank_and_marks_the_run_killed(tiny_twin, store, tmp_path):
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -113,7 +113,7 @@ def _extra(tmp_path: Path, smoke: bool) -> list[str]:
 
 
 @pytest.mark.parametrize(("guide", "args"), _runs_in_the_fast_suite(CASES))
-def test_guide_command_runs(tiny_twin, tmp_path, guide, args):
+def test_guide_command_runs(tiny_twin, store, tmp_path, guide, args):
     reason = _skip_reason(args, in_process=False)
     if reason:
         pytest.skip(reason)

@@ -12,7 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from ..helpers.commands import run_cli, smoke_args
-from ..helpers.store import runs_of, sqlite_uri
+from ..helpers.store import copy_store, runs_of, sqlite_uri
 
 
 def run_evaluate(args, cwd, timeout=300):
@@ -20,9 +20,10 @@ def run_evaluate(args, cwd, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_twin, tmp_path_factory):
+def trained(tiny_twin, empty_store, tmp_path_factory):
     """A smoke run over the whole splits (its test step scores every test window)."""
     root = tmp_path_factory.mktemp("trained")
+    copy_store(empty_store, root)
     out = run_cli(
         [*_data_args(tiny_twin, root), "training.max_batches=null",
          f"hydra.run.dir={root / 'run'}"],

@@ -57,7 +57,7 @@ def _runs(tmp_path):
     return MlflowClient(sqlite_uri(tmp_path)), *sweep_of(sqlite_uri(tmp_path))
 
 
-def test_a_search_goes_on_past_diverged_trials_and_logs_its_best(tiny_twin, tmp_path):
+def test_a_search_goes_on_past_diverged_trials_and_logs_its_best(tiny_twin, store, tmp_path):
     # Half the learning rates diverge (loss nan): those trials fail, the others are scored.
     out = _search(
         tiny_twin,
@@ -108,7 +108,7 @@ def _best_f1(client, run) -> float:
     return max(m.value for m in client.get_metric_history(run.info.run_id, "val/macro_f1"))
 
 
-def test_a_search_whose_trials_all_fail_ends_in_one_line(tiny_twin, tmp_path):
+def test_a_search_whose_trials_all_fail_ends_in_one_line(tiny_twin, store, tmp_path):
     out = _search(
         tiny_twin,
         tmp_path,
@@ -126,7 +126,7 @@ def test_a_search_whose_trials_all_fail_ends_in_one_line(tiny_twin, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_search_on_slurms_launcher(tiny_twin, tmp_path):
+def test_a_search_on_slurms_launcher(tiny_twin, store, tmp_path):
     # submitit's local executor stands in for SLURM: each trial a job in a process of its own,
     # two at a time; its value comes back through submitit's pickled result.
     out = _search(

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from ..helpers.commands import run_cli, smoke_args
 from ..helpers.ports import free_port
-from ..helpers.store import runs_of
+from ..helpers.store import copy_store, runs_of
 
 
 class Server:
@@ -81,17 +81,18 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def shared_server(tmp_path_factory):
+def shared_server(empty_store, tmp_path_factory):
     """One server for the tests that leave it running (it takes seconds to start)."""
-    srv = Server(tmp_path_factory.mktemp("shared")).start()
+    tmp = tmp_path_factory.mktemp("shared")
+    srv = Server(tmp, copy_store(empty_store, tmp, "server.db")).start()
     yield srv
     srv.stop()
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(empty_store, tmp_path):
     """A server of the test's own, which it may stop."""
-    srv = Server(tmp_path).start()
+    srv = Server(tmp_path, copy_store(empty_store, tmp_path, "server.db")).start()
     yield srv
     srv.stop()
 

@@ -13,7 +13,7 @@ from tennis_exp.models.cnn_lstm import build_model
 
 from ..helpers.commands import run_cli, smoke_args
 from ..helpers.configs import compose_config
-from ..helpers.store import only_run, sqlite_uri
+from ..helpers.store import copy_store, only_run, sqlite_uri
 
 
 def test_a_transfer_preset_needs_its_source(tmp_path):
@@ -27,11 +27,12 @@ def test_a_transfer_preset_needs_its_source(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def staged(tiny_twin, tmp_path_factory):
+def staged(tiny_twin, empty_store, tmp_path_factory):
     """A staged run under DDP as the transfer presets train: balanced class weights, augmented
     windows; both ranks start from one known model (model.init_from), the backbone frozen for
     epoch 1 and trained from epoch 2 on, at a tenth of the head's LR."""
     root = tmp_path_factory.mktemp("staged")
+    copy_store(empty_store, root)
     torch.manual_seed(0)
     model = build_model(compose_config(["debug=smoke"]).model, num_classes=4)
     save(root / "start.pth", Checkpoint(model.state_dict()))
@@ -78,7 +79,7 @@ def test_balanced_weights_and_augmentation_under_ddp(staged):
     assert run.info.status == "FINISHED" and np.isfinite(run.data.metrics["train/loss"])
 
 
-def test_the_transfer_study_runs_on_the_synthetic_twins(tiny_twin, tmp_path):
+def test_the_transfer_study_runs_on_the_synthetic_twins(tiny_twin, store, tmp_path):
     """A tennis model on the tennis twin, then the study's sweep on the badminton twin: each
     strategy and share of the data a nested run, compared by the keys the sweep varied, with
     each class's test recall."""

@@ -49,7 +49,7 @@ def _chromium(url: str, profile, *flags: str) -> str:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
-def test_sweep_in_the_mlflow_ui(tiny_twin, tmp_path):
+def test_sweep_in_the_mlflow_ui(tiny_twin, store, tmp_path):
     uri = sqlite_uri(tmp_path)
     sweep = run_cli(
         ["--multirun", "hardware=cpu,gpu1", *smoke_args(tiny_twin, tmp_path),

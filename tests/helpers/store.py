@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from mlflow.entities import Run
@@ -13,6 +14,13 @@ EXPERIMENT = "tennis_4event"
 def sqlite_uri(folder: Path, name: str = "mlflow.db") -> str:
     """The tracking URI of a SQLite store file in `folder`."""
     return f"sqlite:///{folder / name}"
+
+
+def copy_store(template: Path, folder: Path, name: str = "mlflow.db") -> str:
+    """The URI of an empty store in `folder`, copied from `template` (a store whose schema
+    MLflow has made): a new store spends seconds on its schema migrations."""
+    shutil.copyfile(template, folder / name)
+    return sqlite_uri(folder, name)
 
 
 def runs_of(uri: str, experiment: str = EXPERIMENT) -> list[Run]:

@@ -50,7 +50,7 @@ def test_unreachable_tracking_server_fails_before_any_work(tmp_path):
     assert not (tmp_path / "data").exists()  # no data generated, no training started
 
 
-def test_diverging_loss_stops_with_epoch_and_step(tiny_twin, tmp_path):
+def test_diverging_loss_stops_with_epoch_and_step(tiny_twin, store, tmp_path):
     uri = sqlite_uri(tmp_path)
     out = run_cli(
         _smoke(

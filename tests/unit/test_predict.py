@@ -49,7 +49,7 @@ from tennis_exp.synthetic.videos import write_video
 
 from ..helpers.commands import run_cli, run_quick_bench, smoke_args
 from ..helpers.configs import compose_config
-from ..helpers.store import runs_of, sqlite_uri
+from ..helpers.store import copy_store, runs_of, sqlite_uri
 
 EVENTS = ["Smash", "Net Play", "Rally", "Serve"]
 A, B = "Smash", "Net Play"
@@ -306,9 +306,10 @@ def test_a_match_is_written_as_a_video_and_its_truth(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_twin, tmp_path_factory):
+def trained(tiny_twin, empty_store, tmp_path_factory):
     """A smoke model and a short synthetic match with its truth."""
     root = tmp_path_factory.mktemp("predict")
+    copy_store(empty_store, root)
     out = run_cli(
         smoke_args(tiny_twin, root, "hardware=cpu", f"hydra.run.dir={root / 'run'}"), cwd=root
     )
