@@ -15,6 +15,7 @@ from tennis_exp.models.cnn_lstm import build_model
 from ..helpers.commands import run_cli, smoke_args
 from ..helpers.configs import compose_config
 from ..helpers.frame_trees import make_tree
+from ..helpers.mistakes import bad_override_params
 from ..helpers.store import runs_of, sqlite_uri, sweep_of
 
 
@@ -280,31 +281,9 @@ def test_dry_run_plans_a_four_gpu_job_on_a_laptop(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
-@pytest.mark.parametrize(
-    ("override", "expected"),
-    [
-        (
-            "hardware=gpu3",
-            "Could not find 'hardware/gpu3'; valid options: colab, cpu, cpu_ddp2, gpu1, gpu2, gpu4",
-        ),
-        (
-            "training.batch_size=abc",
-            "training.batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer",
-        ),
-        ("training.batch_size=0", "training.batch_size=0 is invalid: it must be an integer >= 1"),
-        ("training.batch_size=-4", "training.batch_size=-4 is invalid"),
-        ("training.learning_rate=-1", "training.learning_rate=-1.0 is invalid: it must be > 0"),
-        ("training.epochs=0", "training.epochs=0 is invalid"),
-        ("training.prefetch_factor=0", "training.prefetch_factor=0 is invalid: it must be an"),
-        ("hardware.devices=0", "hardware.devices=0 is invalid"),
-        ("hardware.strategy=foo", "Invalid value 'foo', expected one of [dp, ddp]"),
-        ("training.bogus=1", "Key 'bogus' not in 'TrainingConfig'"),
-        ("hardware=gpu2", "hardware=gpu2 needs 2 CUDA device(s) but 0 visible"),
-        ("data=thetis", "data.root is not set"),
-        ("data=thetis data.root=/nonexistent/frames", "/nonexistent/frames"),
-    ],
-)
-def test_bad_input_gives_one_line_and_leaves_no_run(tiny_twin, tmp_path, override, expected):
+# Each kind of mistake once here; every one of them in-process in unit/test_errors.py.
+@pytest.mark.parametrize(("override", "expected"), bad_override_params(slow_after_the_first=True))
+def test_bad_input_gives_one_line_and_leaves_no_run(tiny_twin, store, tmp_path, override, expected):
     # The real-data cases run without debug=smoke, which points data.root at synthetic data.
     args = (
         [f"tracking.uri={sqlite_uri(tmp_path)}"]

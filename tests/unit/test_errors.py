@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import open_dict
 
+from tennis_exp.cli import is_user_error, one_line
 from tennis_exp.engine import checkpoint
 from tennis_exp.engine import train as train_module
+from tennis_exp.engine.devicepool import job_devices
 from tennis_exp.errors import UserError, one_line_report
 
 from ..helpers.commands import run_cli, smoke_args
-from ..helpers.configs import fit_untracked
+from ..helpers.configs import compose_config, fit_untracked
+from ..helpers.mistakes import bad_override_params
 from ..helpers.ports import free_port
 from ..helpers.store import only_run, runs_of, sqlite_uri
 
@@ -138,3 +142,26 @@ def test_full_disk_while_storing_an_artifact_fails_the_run_in_one_line(tmp_path)
         run.log_artifact(tmp_path / "resolved_config.yaml")
     [failed] = runs_of(uri, "e")
     assert failed.info.status == "FAILED" and expected in failed.data.tags["error"]
+
+
+@pytest.mark.parametrize(("override", "expected"), bad_override_params(slow_after_the_first=False))
+def test_a_bad_override_is_one_user_error_line_before_any_run(
+    tiny_twin, store, tmp_path, monkeypatch, override, expected
+):
+    # What the command does with its overrides, in-process: compose the job, give it its
+    # devices, train; the mistake surfaces as an error the command reports in one line.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # CUDA_VISIBLE_DEVICES=""
+    args = [] if override.startswith("data") else smoke_args(tiny_twin, tmp_path)
+    overrides = [*args, f"tracking.uri={store}", *override.split()]
+    with pytest.raises(Exception) as caught:
+        cfg = compose_config(overrides, hydra=True)
+        launcher = cfg.hydra.launcher
+        with open_dict(cfg):
+            del cfg["hydra"]
+        with job_devices(cfg, None, launcher) as job_cfg:
+            train_module.train(job_cfg, tmp_path / "run", overrides)
+    assert is_user_error(caught.value), caught.value
+    line = one_line(caught.value)
+    assert expected in line and "\n" not in line
+    assert runs_of(store) == []
