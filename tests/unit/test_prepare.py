@@ -428,7 +428,7 @@ def test_synthetic_videos_are_named_as_thetis(tmp_path):
 
 
 # Slow: 60 to 80 s on a shared 2-core machine. CI runs the same commands in the same order
-# through the Colab notebook (tests/test_notebook.py).
+# through the Colab notebook (tests/e2e/test_notebook.py).
 @pytest.mark.slow
 def test_videos_to_frames_to_a_trained_and_evaluated_model(tmp_path):
     videos, frames = tmp_path / "VIDEO_RGB", tmp_path / "frames"
