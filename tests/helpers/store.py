@@ -9,6 +9,8 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 EXPERIMENT = "tennis_4event"
+# What a run logs per epoch, and its test scores: a resumed run must log them bit for bit.
+CURVES = ["train/loss", "train/acc", "val/loss", "val/macro_f1", "lr", "test/macro_f1", "test/loss"]
 
 
 def sqlite_uri(folder: Path, name: str = "mlflow.db") -> str:
@@ -55,3 +57,9 @@ def history(uri: str, run: Run, keys: list[str]) -> dict[str, list[tuple[int, fl
         key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
         for key in keys
     }
+
+
+def only_run_history(uri: str, keys: list[str]) -> tuple[Run, dict[str, list[tuple[int, float]]]]:
+    """The one run of the store at `uri` and the history of each metric in `keys`."""
+    run = only_run(uri)
+    return run, history(uri, run, keys)

@@ -21,7 +21,7 @@ from tennis_exp.engine import train as train_module
 from tennis_exp.engine.distributed import Dist
 
 from ..helpers.configs import smoke_config
-from ..helpers.store import history, only_run, sqlite_uri
+from ..helpers.store import CURVES, only_run_history, sqlite_uri
 
 GiB = 2**30
 CPU = torch.device("cpu")
@@ -120,12 +120,6 @@ def test_shuffled_frames_are_shuffled_alike(tiny_twin, tmp_path):
     )
 
 
-def _history(uri):
-    run = only_run(uri)
-    keys = ["train/loss", "train/acc", "val/loss", "val/macro_f1", "lr", "test/macro_f1"]
-    return run, history(uri, run, keys)
-
-
 def _cfg(smoke_cfg, tmp_path, store, device_cache):
     cfg = copy.deepcopy(smoke_cfg)
     cfg.training.epochs, cfg.training.max_batches, cfg.training.batch_size = 3, None, 2
@@ -142,8 +136,8 @@ def test_a_run_on_the_device_cache_is_the_loaders_run_and_resumes(
     assert "data.device_cache" not in caplog.text
     train_module.train(_cfg(smoke_cfg, tmp_path, "device.db", True), tmp_path / "device")
     assert "data.device_cache: " in caplog.text and "of frames on cpu, no loader" in caplog.text
-    expected = _history(sqlite_uri(tmp_path, "loader.db"))[1]
-    assert _history(sqlite_uri(tmp_path, "device.db"))[1] == expected  # bit for bit
+    expected = only_run_history(sqlite_uri(tmp_path, "loader.db"), CURVES)[1]
+    assert only_run_history(sqlite_uri(tmp_path, "device.db"), CURVES)[1] == expected  # bit for bit
 
     # Stopped by SIGTERM in epoch 2's 11th batch, resumed: the same numbers again.
     batches, real_iter = [0], DeviceBatches.__iter__
@@ -166,5 +160,5 @@ def test_a_run_on_the_device_cache_is_the_loaders_run_and_resumes(
     resume = copy.deepcopy(smoke_cfg)
     resume.resume = str(run_dir)
     train_module.train(resume, tmp_path / "unused", overrides=[f"resume={run_dir}"])
-    run, logged = _history(sqlite_uri(tmp_path, "stopped.db"))
+    run, logged = only_run_history(sqlite_uri(tmp_path, "stopped.db"), CURVES)
     assert run.info.status == "FINISHED" and logged == expected

@@ -1,0 +1,77 @@
+"""A run killed with SIGTERM and resumed, as users do it: the same MLflow run, the same numbers;
+a checkpoint that cannot be resumed is one line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import torch
+
+from ..helpers.commands import run_cli, smoke_args
+from ..helpers.store import CURVES, only_run_history, sqlite_uri
+
+
+def _args(tmp_path, store, run_dir):
+    # Data of its own: the twin generated at data.image_size=48, not the session's (32).
+    return [
+        *smoke_args(tmp_path / "data", tmp_path, store=False),
+        "hardware=cpu",
+        "training.epochs=3",
+        "training.max_batches=null",
+        "training.batch_size=2",
+        "data.image_size=48",
+        f"tracking.uri={sqlite_uri(tmp_path, store)}",
+        f"hydra.run.dir={tmp_path / run_dir}",
+    ]
+
+
+def test_sigterm_then_resume_matches_a_straight_run(tmp_path):
+    straight = run_cli(_args(tmp_path, "a.db", "straight"), cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tennis_exp", *_args(tmp_path, "b.db", "interrupted")],
+        cwd=tmp_path,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in proc.stdout:
+        if "epoch 1/3" in line:
+            proc.send_signal(signal.SIGTERM)  # a real kill, at the start of epoch 2
+            break
+    output = proc.stdout.read()
+    assert proc.wait(timeout=120) != 0
+    assert "Interrupted" in output
+    killed, _ = only_run_history(sqlite_uri(tmp_path, "b.db"), CURVES)
+    assert killed.info.status == "KILLED"
+    last = torch.load(tmp_path / "interrupted" / "checkpoints" / "last.pth", weights_only=True)
+    assert last["epoch"] == 1  # epoch 1 complete; epoch 2 had barely started, if at all
+
+    resumed = run_cli([f"resume={tmp_path / 'interrupted'}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming {tmp_path / 'interrupted'} after epoch 1" in resumed.stdout
+
+    run, history = only_run_history(sqlite_uri(tmp_path, "b.db"), CURVES)
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert "error" not in run.data.tags
+    _, expected = only_run_history(sqlite_uri(tmp_path, "a.db"), CURVES)
+    assert [step for step, _ in history["val/macro_f1"]] == [1, 2, 3]  # no epoch twice
+    assert history == expected  # bit for bit, on the CPU with a fixed seed
+
+
+def test_resume_refuses_a_checkpoint_without_training_state(tmp_path):
+    torch.save({"model_state_dict": {}}, tmp_path / "weights.pth")
+    out = run_cli([f"resume={tmp_path / 'weights.pth'}"], cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        f"Error: resume={tmp_path / 'weights.pth'}: {tmp_path / 'weights.pth'} cannot be resumed "
+        "(it lacks optimizer_state_dict, scheduler_state_dict, epoch, best_f1, global_step, "
+        "rng_states, config, mlflow_run_id, mlflow_tracking_uri); start from its weights with "
+        "model.init_from instead"
+    ]
