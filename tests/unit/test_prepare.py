@@ -1,18 +1,15 @@
-"""`python -m tennis_exp.prepare`: videos to the frames layout, split by player, as users type it;
-the split rule by tables; the video reader; videos -> prepare -> train -> evaluate."""
+"""`python -m tennis_exp.prepare`'s pieces: the split rule by tables, the video reader, synthetic
+videos named as THETIS's (the command itself: e2e/test_prepare.py)."""
 
 from __future__ import annotations
 
 import csv
 import random
-import shutil
 from collections import defaultdict
-from pathlib import Path
 
 import av
 import numpy as np
 import pytest
-from PIL import Image
 
 from tennis_exp.config import THETIS_ACTIONS, THETIS_EXCLUDED
 from tennis_exp.data.splits import SPLITS, VideoRef, assign, from_manifest, player_of
@@ -20,31 +17,9 @@ from tennis_exp.data.video import VIDEO_SUFFIXES, VideoReader
 from tennis_exp.errors import UserError
 from tennis_exp.synthetic.videos import write_video, write_videos
 
-from ..helpers.commands import run_cli, run_quick_bench, table_rows
+from ..helpers.videos import moving_square
 
 ACTIONS = [*THETIS_ACTIONS, *THETIS_EXCLUDED]
-
-
-def prepare(args: list[str], cwd: Path):
-    return run_cli(args, cwd, module="tennis_exp.prepare", timeout=120)
-
-
-def moving_square(length: int = 20, size: int = 32, shade: int = 0) -> np.ndarray:
-    """(length, size, size, 3) uint8: a square crossing the image, one step per frame."""
-    frames = np.full((length, size, size, 3), shade, np.uint8)
-    for t in range(length):
-        x = t * (size - 8) // max(length - 1, 1)
-        frames[t, 12:20, x : x + 8] = 255
-    return frames
-
-
-def make_videos(root: Path, players: int = 8, actions=("smash", "backhand", "flat_service")):
-    """THETIS-named tiny videos: one take per player and action."""
-    for action in actions:
-        (root / action).mkdir(parents=True, exist_ok=True)
-        for player in range(1, players + 1):
-            write_video(root / action / f"p{player}_{action}_s1.avi", moving_square(shade=player))
-    return root
 
 
 def thetis_listing(players: int = 55, takes: int = 3, missing: float = 0.05) -> list[VideoRef]:
@@ -58,19 +33,6 @@ def thetis_listing(players: int = 55, takes: int = 3, missing: float = 0.05) -> 
         for t in range(1, takes + 1)
         if rng.random() >= missing
     ]
-
-
-def one_line_error(out) -> str:
-    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "Traceback" not in out.stderr, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), out.stderr
-    return lines[0]
-
-
-def manifest_rows(out: Path) -> list[dict]:
-    with open(out / "manifest.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,188 +193,7 @@ def test_an_unreadable_or_empty_video_is_one_line_naming_it(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The command.
-
-
-def test_prepare_writes_the_layout_the_manifest_and_the_counts(tmp_path):
-    videos, out = make_videos(tmp_path / "VIDEO_RGB"), tmp_path / "frames"
-    run = prepare([f"videos={videos}", f"out={out}", "image_size=24", "quality=80"], tmp_path)
-    assert run.returncode == 0, run.stderr
-    assert "videos per split and action:" in run.stdout
-    assert (
-        "24 video(s) to prepare" in run.stdout and "prepared 24 video(s), 480 frames" in run.stdout
-    )
-
-    rows = manifest_rows(out)
-    assert len(rows) == 24 and {r["frames"] for r in rows} == {"20"}
-    for row in rows:
-        folder = out / row["split"] / row["action"] / row["video"]
-        names = sorted(p.name for p in folder.iterdir())
-        assert names == [f"frame_{i:04d}.jpg" for i in range(1, 21)]
-        with Image.open(folder / "frame_0001.jpg") as image:
-            assert image.size == (24, 24)
-    splits_of = defaultdict(set)
-    for row in rows:
-        splits_of[row["player"]].add(row["split"])
-    assert all(len(s) == 1 for s in splits_of.values()) and len(splits_of) == 8
-    assert {r["split"] for r in rows} == set(SPLITS)
-    # Nothing but the layout, the manifest and prepare's own hidden files; nothing in the cwd.
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        "manifest.csv",
-        "test",
-        "train",
-        "val",
-    ]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["VIDEO_RGB", "frames"]
-
-
-def test_a_rerun_continues_an_interrupted_prepare(tmp_path):
-    videos, out = make_videos(tmp_path / "VIDEO_RGB"), tmp_path / "frames"
-    args = [f"videos={videos}", f"out={out}", "image_size=16", "workers=2"]
-    assert prepare(args, tmp_path).returncode == 0
-    # As a kill leaves it: one video's folder never renamed into place, half its frames written.
-    row = manifest_rows(out)[5]
-    done = out / row["split"] / row["action"] / row["video"]
-    partial = out / ".partial" / done.relative_to(out)
-    partial.parent.mkdir(parents=True)
-    shutil.move(done, partial)
-    for frame in sorted(partial.iterdir())[10:]:
-        frame.unlink()
-
-    run = prepare(args, tmp_path)
-    assert run.returncode == 0, run.stderr
-    assert "1 video(s) to prepare" in run.stdout and "23 already prepared" in run.stdout
-    assert len(list(done.iterdir())) == 20 and not (out / ".partial").exists()
-    assert manifest_rows(out)[5] == row
-
-
-def test_an_unreadable_video_is_named_skipped_and_fails_the_command(tmp_path):
-    videos, out = make_videos(tmp_path / "VIDEO_RGB"), tmp_path / "frames"
-    bad = videos / "smash" / "p2_smash_s1.avi"
-    bad.write_bytes(b"truncated download")
-    args = [f"videos={videos}", f"out={out}", "image_size=16"]
-    run = prepare(args, tmp_path)
-    assert run.returncode == 1
-    assert f"skipped {bad}: video {bad} cannot be read" in run.stderr
-    assert f"not prepared: {bad}" in run.stdout  # the list at the end
-    assert (
-        run.stderr.strip()
-        .splitlines()[-1]
-        .startswith("Error: 1 video(s) could not be prepared and were skipped")
-    )
-    rows = {r["video"]: r for r in manifest_rows(out)}
-    assert rows["p2_smash_s1"]["frames"] == "" and len(rows) == 24
-    assert not list(out.glob("*/smash/p2_smash_s1"))
-    assert "prepared 23 video(s)" in run.stdout
-
-    write_video(bad, moving_square())  # downloaded again: the rerun prepares it alone
-    run = prepare(args, tmp_path)
-    assert run.returncode == 0, run.stderr
-    assert "1 video(s) to prepare" in run.stdout
-
-
-def test_a_manifest_reproduces_a_split_elsewhere(tmp_path):
-    videos = make_videos(tmp_path / "VIDEO_RGB")
-    first, second = tmp_path / "lab_a", tmp_path / "lab_b"
-    assert prepare([f"videos={videos}", f"out={first}", "image_size=16"], tmp_path).returncode == 0
-    run = prepare(
-        [
-            f"videos={videos}",
-            f"out={second}",
-            "image_size=16",
-            f"split.manifest={first / 'manifest.csv'}",
-            "split.seed=7",  # ignored: the manifest decides
-        ],
-        tmp_path,
-    )
-    assert run.returncode == 0, run.stderr
-    assert manifest_rows(first) == manifest_rows(second)
-
-
-def test_an_unknown_action_folder_is_warned_about_and_counted(tmp_path):
-    videos, out = make_videos(tmp_path / "VIDEO_RGB"), tmp_path / "frames"
-    make_videos(videos, players=3, actions=("tweener",))
-    run = prepare([f"videos={videos}", f"out={out}", "image_size=16"], tmp_path)
-    assert run.returncode == 0, run.stderr
-    assert "skipped 3 video(s) in action folder(s) not in `actions`: tweener (3)" in run.stdout
-    assert not list(out.glob("*/tweener"))
-
-
-def test_help_names_the_keys():
-    run = prepare(["--help"], Path.cwd())
-    assert run.returncode == 0
-    assert "videos=<folder> out=<folder>" in run.stdout and "split:" in run.stdout
-
-
-def _prepared(tmp_path):
-    videos, out = make_videos(tmp_path / "VIDEO_RGB"), tmp_path / "frames"
-    assert prepare([f"videos={videos}", f"out={out}", "image_size=16"], tmp_path).returncode == 0
-    return videos, out
-
-
-def _foreign(tmp_path):
-    videos = make_videos(tmp_path / "VIDEO_RGB")
-    (tmp_path / "frames").mkdir()
-    (tmp_path / "frames" / "notes.txt").write_text("mine")
-    return videos, tmp_path / "frames"
-
-
-def _fresh(tmp_path):
-    return make_videos(tmp_path / "VIDEO_RGB"), tmp_path / "frames"
-
-
-def _no_videos(tmp_path):
-    return tmp_path / "nowhere", tmp_path / "frames"
-
-
-def _one_action(tmp_path):
-    return make_videos(tmp_path / "VIDEO_RGB") / "smash", tmp_path / "frames"
-
-
-def _empty_videos(tmp_path):
-    (tmp_path / "VIDEO_RGB" / "smash").mkdir(parents=True)
-    return tmp_path / "VIDEO_RGB", tmp_path / "frames"
-
-
-BAD_INPUTS = [
-    # (setup, overrides, the error line's start)
-    (_no_videos, [], "Error: videos={tmp}/nowhere does not exist"),
-    (_empty_videos, [], "Error: videos={tmp}/VIDEO_RGB holds no video to prepare;"),
-    (_one_action, [], "Error: videos={tmp}/VIDEO_RGB/smash holds videos but no action folder"),
-    (_fresh, ["split.val=0.2"], "Error: split.train + split.val + split.test = 1.05"),
-    (_fresh, ["split.test=-0.1", "split.train=0.95"], "Error: split.test=-0.1 is invalid"),
-    (_fresh, ["quality=0"], "Error: quality=0 is invalid: it must be an integer from 1 to 95"),
-    (_fresh, ["image_size=8"], "Error: image_size=8 is invalid: it must be an integer >= 16"),
-    (_fresh, ["fps=0"], "Error: fps=0.0 is invalid: it must be > 0"),
-    (
-        _fresh,
-        ["split.manifest={tmp}/lab.csv"],
-        "Error: split.manifest={tmp}/lab.csv does not exist",
-    ),
-    (_fresh, ["split.train=0.9", "split.val=0.1", "split.test=0"], None),  # valid: the control
-    (_prepared, ["image_size=32"], "Error: out={tmp}/frames holds another dataset: image_size=16"),
-    (_prepared, ["split.seed=2"], "Error: out={tmp}/frames holds another dataset: another split"),
-    (_foreign, [], "Error: out={tmp}/frames is not empty and was not written by prepare"),
-]
-
-
-@pytest.mark.parametrize(("setup", "overrides", "error"), BAD_INPUTS)
-def test_a_bad_input_is_one_line_and_writes_nothing(tmp_path, setup, overrides, error):
-    videos, out = setup(tmp_path)
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    overrides = [o.format(tmp=tmp_path) for o in overrides]
-    if not any(o.startswith("image_size=") for o in overrides):
-        overrides.append("image_size=16")
-    run = prepare([f"videos={videos}", f"out={out}", *overrides], tmp_path)
-    if error is None:
-        assert run.returncode == 0, run.stderr
-        return
-    assert one_line_error(run).startswith(error.format(tmp=tmp_path))
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
-
-
-# ---------------------------------------------------------------------------------------------
-# End to end: raw videos -> prepare -> train -> evaluate.
+# Synthetic videos for the command (e2e/test_prepare.py runs it).
 
 
 def test_synthetic_videos_are_named_as_thetis(tmp_path):
@@ -425,45 +206,3 @@ def test_synthetic_videos_are_named_as_thetis(tmp_path):
     assert {player_of(n) for n in names} == {f"p{i}" for i in range(1, 7)}
     with VideoReader(written[0]) as video:
         assert (video.info.width, video.info.height) == (32, 32)
-
-
-# Slow: 60 to 80 s on a shared 2-core machine. CI runs the same commands in the same order
-# through the Colab notebook (tests/e2e/test_notebook.py).
-@pytest.mark.slow
-def test_videos_to_frames_to_a_trained_and_evaluated_model(tmp_path):
-    videos, frames = tmp_path / "VIDEO_RGB", tmp_path / "frames"
-    write_videos(videos, preset="tiny", image_size=32)
-    run = prepare([f"videos={videos}", f"out={frames}", "image_size=32"], tmp_path)
-    assert run.returncode == 0, run.stderr
-
-    data = [
-        "data=thetis",
-        f"data.root={frames}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        "debug=smoke",
-        "hardware=cpu",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-    ]
-    train = run_cli([*data, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert train.returncode == 0, train.stderr[-3000:]
-    assert "test (best val weights)" in train.stdout
-    best = tmp_path / "run" / "checkpoints" / "best.pth"
-    assert best.exists()
-
-    pytest.importorskip("tennis_exp.evaluate")  # the evaluate command is built on main
-    evaluate = run_cli(
-        [*data, f"checkpoint={best}", f"hydra.run.dir={tmp_path / 'eval'}"],
-        cwd=tmp_path,
-        module="tennis_exp.evaluate",
-    )
-    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
-    assert "f1-score" in evaluate.stdout
-
-
-@pytest.mark.slow
-def test_the_prepare_bench_writes_a_number_in_every_row(tmp_path):
-    # It checks no speed: a quick run's numbers on a test machine mean nothing.
-    text, _ = run_quick_bench("prepare", tmp_path, "*-prepare.md")
-    rows = table_rows(text, "measurement")
-    assert "| measurement |" in text and len(rows) == 8
-    assert all(float(value) > 0 for _, value, _ in rows)
