@@ -29,8 +29,7 @@ from pathlib import Path
 import torch
 from mlflow.tracking import MlflowClient
 
-from bench.results import add_dirs, load, publish
-from bench.run import machine
+from bench.results import add_dirs, load, machine, publish
 from tennis_exp.data.synthetic import ensure_synthetic
 
 EXPERIMENT = "bench-baseline"

@@ -8,7 +8,7 @@ the model with untrained weights (speed does not depend on them) and the config 
 default training run: the small CNN on 64 px frames, on the CPU. `--gpu`: the users' baseline,
 ResNet-50 and a 3-layer BiLSTM 512 on 224 px frames, `hardware=gpu1` (bf16 where supported).
 
-The video is a THETIS-like synthetic match (tennis_exp/data/synthetic_match.py): 640x480, 30 fps,
+The video is a THETIS-like synthetic match (tennis_exp/synthetic/match.py): 640x480, 30 fps,
 MPEG-4 Part 2 in AVI, as THETIS's RGB videos, rendered at 160 px and enlarged. It is kept in
 --data-dir between runs. The real-time factor counts decoding and inference (the progress
 bar's); the command's whole time (model loading, MLflow run, timeline, files) is a row of its
@@ -32,14 +32,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from bench.prepare import machine
-from bench.results import add_dirs, load, publish
+from bench.results import add_dirs, load, machine, publish
 from tennis_exp.config import register_configs
-from tennis_exp.data.synthetic_match import match_parts, render_parts
 from tennis_exp.data.video import VideoReader, VideoWriter
 from tennis_exp.engine import checkpoint
 from tennis_exp.inference.pipeline import predict_videos
 from tennis_exp.models.cnn_lstm import build_model
+from tennis_exp.synthetic.match import match_parts, render_parts
 
 HERE = Path(__file__).resolve().parent
 CONF = HERE.parent / "conf"
@@ -141,8 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         f"## predict: real-time factor, {started_at:%Y-%m-%d %H:%M %Z}",
         "",
         *machine(),
-        f"- torch {torch.__version__}; model: {model}; {hardware}, on {device}; torch threads: "
-        f"{threads} by default",
+        f"- model: {model}; {hardware}, on {device}; torch threads: {threads} by default",
         f"- video: a synthetic match, {WIDTH}x{HEIGHT} at {FPS} fps, MPEG-4 in AVI, "
         f"{duration:.0f} s; predict at its defaults (fps cap 30, stride 8, batch 64); median "
         f"of {repeats} interleaved repeat(s)",

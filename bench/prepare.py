@@ -6,7 +6,7 @@ videos to an RGB array and keeps nothing, each with one process and with one per
 Medians over interleaved repeats; prepare runs in this process through the function the command
 calls, into a new folder each time, so the interpreter's start (about a second) is not counted.
 
-The videos are THETIS-like: synthetic clips (tennis_exp/data/synthetic_videos.py) at 640x480,
+The videos are THETIS-like: synthetic clips (tennis_exp/synthetic/videos.py) at 640x480,
 30 fps, MPEG-4 Part 2 in AVI, as THETIS's RGB videos, of the `full` preset's lengths (56-120
 frames). They are kept in --data-dir between runs. Prints a markdown table (machine, software,
 load) and writes it to bench/results/<timestamp>-prepare.md.
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -30,11 +28,11 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from bench.results import add_dirs, cpu_name, load, publish
+from bench.results import add_dirs, load, machine, publish
 from tennis_exp.config import register_configs, usable_cpus
 from tennis_exp.data.prepare import prepare
-from tennis_exp.data.synthetic import render_clip
-from tennis_exp.data.synthetic_videos import raw_videos, write_video
+from tennis_exp.synthetic.clip import render_clip
+from tennis_exp.synthetic.videos import raw_videos, write_video
 
 HERE = Path(__file__).resolve().parent
 CONF = HERE.parent / "conf"
@@ -110,16 +108,6 @@ def prepared(videos: Path, work: Path, workers: int) -> float:
     frames = sum(1 for _ in out.glob("*/*/*/frame_*.jpg"))
     shutil.rmtree(out)
     return frames / seconds
-
-
-def machine() -> list[str]:
-    cpu = cpu_name()
-    ffmpeg = ".".join(map(str, av.library_versions["libavcodec"]))
-    return [
-        f"- machine: {cpu}, {os.cpu_count()} cores ({usable_cpus()} usable)",
-        f"- software: PyAV {av.__version__} (libavcodec {ffmpeg}), Pillow {Image.__version__}, "
-        f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
-    ]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""What every benchmark shares: its folders, the CPU's name, the load, writing the table."""
+"""What every benchmark shares: its folders, the machine it ran on, the load, writing the table."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import os
 import platform
 from pathlib import Path
+
+from tennis_exp.config import usable_cpus
 
 HERE = Path(__file__).resolve().parent
 
@@ -22,7 +24,25 @@ def add_dirs(parser: argparse.ArgumentParser, cache: str | None, holds: str = ""
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
 
 
-def cpu_name() -> str:
+def machine() -> list[str]:
+    """Where a table was measured: the CPU, its cores (all, and those this process may use)
+    and the CUDA device; the software that decodes, trains and predicts."""
+    import av
+    import torch
+    from PIL import Image
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    ffmpeg = ".".join(map(str, av.library_versions["libavcodec"]))
+    return [
+        f"- machine: {_cpu_name()}, {os.cpu_count()} cores ({usable_cpus()} usable), "
+        f"CUDA device: {gpu}",
+        f"- software: torch {torch.__version__}, PyAV {av.__version__} (libavcodec {ffmpeg}), "
+        f"Pillow {Image.__version__}, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}",
+    ]
+
+
+def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             return next(

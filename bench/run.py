@@ -40,7 +40,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -61,7 +60,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, RandomSampler
 
-from bench.results import add_dirs, cpu_name, load, publish
+from bench.results import add_dirs, load, machine, publish
 from tennis_exp.config import Precision, register_configs, uses_feature_cache
 from tennis_exp.data.frames import build_datasets
 from tennis_exp.data.loaders import make_loader
@@ -773,17 +772,6 @@ def stop_agreement_rows(work: Path, step_s: float, calls: int) -> list[Row]:
             100 * seconds / every / step_s,
             "%",
         ),
-    ]
-
-
-def machine() -> list[str]:
-    cpu = cpu_name()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return [
-        f"- machine: {cpu}, {os.cpu_count()} cores ({usable} usable), CUDA device: {gpu}",
-        f"- software: torch {torch.__version__}, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}",
     ]
 
 

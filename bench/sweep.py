@@ -26,9 +26,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from bench.prepare import machine
-from bench.results import add_dirs, load, publish
-from tennis_exp.config import EVENTS
+from bench.results import add_dirs, load, machine, publish
+from tennis_exp.config import EVENTS, usable_cpus
 from tennis_exp.engine.metrics import metric_name
 from tennis_exp.tracking.runs import mlflow_run
 
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         "| launcher | wall s | runs |",
         "|---|---:|---|",
         f"| basic (one after the other) | {seq:.1f} | {each['sequential']} |",
-        f"| parallel ({os.cpu_count()} at once) | {par:.1f} | {each['parallel']} |",
+        f"| parallel ({usable_cpus()} at once) | {par:.1f} | {each['parallel']} |",
         f"| ratio sequential / parallel | {seq / par:.2f}x | |",
         "",
         f"Logging one epoch's metrics, median over {args.epochs} epochs, median of 3 runs:",

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tennis_exp.config import usable_cpus
 from tennis_exp.data.split_index import SplitIndex, VideoFrames
 from tennis_exp.errors import UserError
 from tennis_exp.files import atomic_write
@@ -94,7 +95,7 @@ def _build_cache(index: SplitIndex, image_size: int, path: Path) -> None:
             tmp, mode="w+", dtype=np.uint8, shape=(int(offsets[-1]), 3, image_size, image_size)
         )
         # Pillow releases the GIL while decoding and resizing, so threads scale with cores.
-        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(min(8, usable_cpus())) as pool:
             futures = [
                 pool.submit(_fill_video, out[offsets[v] : offsets[v + 1]], paths, image_size)
                 for v, paths in enumerate(index.videos)
