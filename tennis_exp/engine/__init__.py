@@ -1,1 +1,2 @@
-"""The training engine: hardware and scaling, DDP, the loop, its state and checkpoints."""
+"""The training engine: hardware and scaling, DDP, the loop and its val/test evaluation, its
+state (RNG included) and checkpoints."""
