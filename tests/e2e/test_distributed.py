@@ -338,32 +338,6 @@ def test_submitit_tasks_that_do_not_match_the_config_are_a_user_error(
         distributed.init_process_group(compose_config(overrides))
 
 
-def test_torchrun_workers_do_not_launch_again(tiny_twin, store, tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "-m",
-            "tennis_exp",
-            "hardware=cpu_ddp2",
-            *_args(tiny_twin, tmp_path),
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert out.stdout.count("Strategy: ddp (backend gloo, world size 2)") == 1  # rank 0 only
-    run = only_run(sqlite_uri(tmp_path))
-    assert run.info.status == "FINISHED" and run.data.params["scaling.world_size"] == "2"
-    assert (tmp_path / "run" / "checkpoints" / "best.pth").is_file()
-
-
 def test_sigterm_stops_every_rank_and_marks_the_run_killed(tiny_twin, store, tmp_path):
     proc = subprocess.Popen(
         [
@@ -450,10 +424,14 @@ def test_two_nodes_without_a_shared_disk(tmp_path):
     [main] = [node for node in nodes if (node / "mlflow.db").exists()]
     assert len(list(main.glob("outputs/*/*/checkpoints/best.pth"))) == 1
 
-    # One node, two processes: the same world, the same numbers.
+    # One node, two processes: the same world, the same numbers. torchrun started the ranks:
+    # its workers run them and launch none of their own.
     single = tmp_path / "single"
     single.mkdir()
     agent = _torchrun(single, 1, 2, free_port(), "hardware=cpu_ddp2", *common)
     output = agent.communicate(timeout=300)[0]
     assert agent.returncode == 0, output[-3000:]
+    assert output.count("Strategy: ddp (backend gloo, world size 2)") == 1  # rank 0 only
+    assert only_run(sqlite_uri(single)).data.params["scaling.world_size"] == "2"
+    assert len(list(single.glob("outputs/*/*/checkpoints/best.pth"))) == 1
     assert _test_metrics(main) == _test_metrics(single)
