@@ -60,11 +60,13 @@ bench-baseline: $(STAMP) ## The users' whole baseline on a GPU, caches built inc
 bench-sweep: $(STAMP) ## A 4-job CPU sweep one after the other against side by side; server vs SQLite
 	$(PY) -m bench.sweep $(ARGS)
 
+# The test files run side by side, one per core (pytest-xdist): most of a test's time is a
+# fresh interpreter importing torch, which one core does alone.
 test: $(STAMP) ## The fast test suite, tests/unit and tests/e2e without `slow` (what CI runs)
-	$(PY) -m pytest -m "not slow" --durations=15
+	$(PY) -m pytest -m "not slow" -n auto --dist loadscope --durations=15
 
 test-all: $(STAMP) ## Every test, the slow end-to-end runs too
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest -n auto --dist loadscope --durations=15
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check tennis_exp tests bench
