@@ -683,16 +683,17 @@ class Bench:
             Row(5, f"feature cache speed-up over {EPOCHS} epochs", plain / cached, "x"),
         ]
 
-    def largest_batch_rows(self) -> list[Row]:
-        """The largest batch whose training steps fit in the GPU's memory, per way of training."""
+    def largest_batch_rows(self, cap: int = BATCH_CAP) -> list[Row]:
+        """The largest batch whose training steps fit in the GPU's memory, per way of training;
+        the search stops at `cap`."""
         rows = []
         for case, label in [
             (GPU_BF16, "the frozen baseline, backbone every step"),
             (GPU_CACHED, "the frozen baseline, from the feature cache"),
             (GPU_FT_RESIDENT, "fine-tuning (the backbone trains)"),
         ]:
-            found = largest_batch(self.fits(case), self.size.batch_size, BATCH_CAP)
-            capped = f" (the search stops at {BATCH_CAP})" if found == BATCH_CAP else ""
+            found = largest_batch(self.fits(case), min(self.size.batch_size, cap), cap)
+            capped = f" (the search stops at {cap})" if found == cap else ""
             label = f"largest batch that fits, bf16: {label}{capped}"
             rows.append(Row(10, label, found, "windows"))
         return rows
