@@ -10,7 +10,7 @@ ARGS   ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install prepare train predict sweep ui server compare bench bench-prepare \
-	bench-predict bench-sweep bench-baseline test test-all lint clean
+	bench-predict bench-sweep bench-baseline bench-gpu test test-all lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -56,6 +56,9 @@ bench-predict: $(STAMP) ## predict's real-time factor against a bare decode loop
 
 bench-baseline: $(STAMP) ## The users' whole baseline on a GPU, caches built included (ARGS=--quick: CPU smoke)
 	$(PY) -m bench.baseline $(ARGS)
+
+bench-gpu: $(STAMP) ## Every GPU figure in one 8-minute run, into docs/results.md (ARGS=--quick: CPU smoke, not written there)
+	$(PY) -m bench.gpu $(if $(findstring --quick,$(ARGS)),,--results-page docs/results.md) $(ARGS)
 
 bench-sweep: $(STAMP) ## A 4-job CPU sweep one after the other against side by side; server vs SQLite
 	$(PY) -m bench.sweep $(ARGS)
