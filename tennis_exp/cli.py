@@ -16,7 +16,13 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from tennis_exp.errors import FAILURE_LOG, first_line, read_failures, record_failure
+from tennis_exp.errors import (
+    FAILURE_LOG,
+    RefusedBeforeRun,
+    first_line,
+    read_failures,
+    record_failure,
+)
 
 # The user's HYDRA_FULL_ERROR, kept here for jobs: the command sets Hydra's own to 1.
 SHOW_TRACEBACK = "TENNIS_EXP_SHOW_TRACEBACK"
@@ -34,7 +40,7 @@ def run_command(hydra_main: Callable[[], object]) -> None:
             hydra_main()
         except KeyboardInterrupt as err:
             sys.exit(f"Interrupted ({str(err) or 'Ctrl-C'})")
-        except Exception as err:
+        except (Exception, RefusedBeforeRun) as err:
             if traceback_wanted() or not is_user_error(err):
                 raise
             record_failure("command", one_line(err))
@@ -85,4 +91,4 @@ def one_line(err: BaseException) -> str:
 
 
 def is_user_error(err: BaseException) -> bool:
-    return isinstance(err, CompactHydraException | MissingMandatoryValue)
+    return isinstance(err, CompactHydraException | MissingMandatoryValue | RefusedBeforeRun)

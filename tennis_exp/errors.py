@@ -23,6 +23,12 @@ class UserError(CompactHydraException):
     """
 
 
+class RefusedBeforeRun(BaseException):
+    """A user mistake that a Hydra callback finds before Hydra writes the job's folder (a
+    refused resume), reported as a UserError is. Not an Exception: Hydra turns a callback's
+    Exception into a warning and goes on with the job."""
+
+
 def first_line(err: BaseException | str) -> str:
     """A message's first line; an exception without one is named by its type."""
     text = str(err).strip()

@@ -9,14 +9,13 @@ torchrun or a SLURM task per device it is itself one of the workers.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from tennis_exp.config import Strategy, from_container, validate
+from tennis_exp.config import Strategy, validate
 from tennis_exp.data.frames import WindowDataset, build_datasets
 from tennis_exp.engine import checkpoint, distributed
 from tennis_exp.engine.checkpoint import Checkpoint
@@ -25,6 +24,7 @@ from tennis_exp.engine.hardware import RunPlan, plan_run
 from tennis_exp.engine.loop import Job, Trainer
 from tennis_exp.engine.metrics import metric_name
 from tennis_exp.engine.objective import class_weights
+from tennis_exp.engine.resume import EPOCHS_TAG, resume_run
 from tennis_exp.engine.rng import seed_everything
 from tennis_exp.models.cnn_lstm import CNNLSTM, build_model
 from tennis_exp.tracking.runs import (
@@ -50,9 +50,11 @@ def train(
     """Train, validate every epoch, test the best weights; return the best val macro-F1 (None
     for a dry run: no trial for a sweeper to score)."""
     validate(cfg)
-    resume = checkpoint.load_resumable(cfg.resume) if cfg.resume else None
-    if resume is not None:
-        cfg, output_dir = resumed_config(resume, overrides), resume.run_dir
+    resume = None
+    if cfg.resume:
+        resume, cfg = resume_run(cfg, overrides)
+        output_dir = resume.run_dir
+        log_resume(resume, cfg)
     with distributed.joined(cfg) as dist, distributed.failures_shared(dist):
         plan = plan_run(cfg, dist.world_size if dist.active else None)
         if cfg.dry_run:
@@ -75,6 +77,8 @@ def train(
             job = replace(job, run_id=run.run_id)
             if resume is None:
                 log_run_inputs(run, job, overrides)
+            elif cfg.training.epochs != resume.config["training"]["epochs"]:
+                run.set_tag(EPOCHS_TAG, str(cfg.training.epochs))
             if plan.strategy is Strategy.ddp and not dist.active:
                 worker_job = replace(job, resume_from=resume.path if resume else None)
                 ranks_dir = output_dir / "ranks"
@@ -82,23 +86,18 @@ def train(
             return fit_and_test(job, dist, datasets, resume)
 
 
-def resumed_config(resume: Checkpoint, overrides: list[str] | None) -> DictConfig:
-    """The config of the run that `resume` continues, logging to the same MLflow run."""
-    ignored = [o for o in overrides or [] if not o.startswith("resume=")]
-    if ignored:
-        log.warning("resume continues with the run's saved config; ignoring %s", ignored)
-    cfg = from_container(resume.config)
-    cfg.resume = str(resume.path)
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        cfg.tracking.uri = resume.mlflow_tracking_uri
+def log_resume(resume: Checkpoint, cfg: DictConfig) -> None:
     progress = resume.train_state.get("epoch_progress")
+    planned = resume.config["training"]["epochs"]
     log.info(
-        "Resuming %s after epoch %d%s",
+        "Resuming %s after epoch %d%s%s",
         resume.run_dir,
         resume.train_state["epoch"],
         f" and {progress['batches_done']} batches of the next" if progress else "",
+        f", now to epoch {cfg.training.epochs} (planned: {planned})"
+        if cfg.training.epochs != planned
+        else "",
     )
-    return cfg
 
 
 def show_plan(plan: RunPlan, train_size: int | None) -> None:

@@ -50,12 +50,7 @@ def ensure_experiment(uri: str, name: str) -> str:
     """Create the store (a schema migration on first use) and the experiment; return its id."""
     from mlflow.tracking import MlflowClient
 
-    if uri.startswith(("http://", "https://")):
-        # MLflow's client retries an unreachable server for minutes; a quick probe says it now.
-        try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10)
-        except OSError as err:
-            raise UserError(f"MLflow tracking server {uri} is unreachable ({err})") from None
+    _probe(uri)
     client = MlflowClient(uri)
     try:
         experiment = client.get_experiment_by_name(name)
@@ -70,6 +65,30 @@ def ensure_experiment(uri: str, name: str) -> str:
         if type(err).__name__ == "MlflowException" and "already exists" in str(err):
             return client.get_experiment_by_name(name).experiment_id  # lost a creation race
         raise UserError(f"MLflow tracking store {uri} is not usable: {first_line(err)}") from None
+
+
+def _probe(uri: str) -> None:
+    """MLflow's client retries an unreachable server for minutes; a quick probe says it now."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10)
+        except OSError as err:
+            raise UserError(f"MLflow tracking server {uri} is unreachable ({err})") from None
+
+
+def check_run_in_store(uri: str, run_id: str) -> None:
+    """A UserError unless the store at `uri` holds the run `run_id` (the run a resume
+    continues), found by reading only: a missing SQLite file is not created."""
+    from mlflow.exceptions import MlflowException
+
+    missing = f"the run to resume, {run_id}, is not in the store {uri}"
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"{missing} (no such file)")
+    _probe(uri)
+    try:
+        _client(uri).get_run(run_id)
+    except MlflowException:
+        raise UserError(missing) from None
 
 
 OVERRIDES_TAG = "overrides"  # a job's command-line overrides: a sweep's table shows what varied
@@ -195,6 +214,9 @@ class Run:
                     f"no space left to store {path.name} in MLflow ({err.strerror})"
                 ) from None
             raise
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.calls.call(f"tag {key}", lambda: self.client.set_tag(self.run_id, key, value))
 
     def end(self, status: str, error: str | None = None) -> None:
         """The run's final status (FINISHED, FAILED, KILLED) and its one-line error."""

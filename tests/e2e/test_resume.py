@@ -1,5 +1,6 @@
 """A run killed with SIGTERM and resumed, as users do it: the same MLflow run, the same numbers;
-a checkpoint that cannot be resumed is one line."""
+a finished run extended by more epochs; a checkpoint that cannot be resumed, or a resume that
+would change the run, is one line."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import sys
 
 import torch
 
+from tennis_exp.engine.resume import RESUME_KEYS
+
 from ..helpers.commands import run_cli, smoke_args
-from ..helpers.store import CURVES, only_run_history, sqlite_uri
+from ..helpers.store import CURVES, only_run, only_run_history, sqlite_uri
 
 
 def _args(tmp_path, store, run_dir):
@@ -75,3 +78,48 @@ def test_resume_refuses_a_checkpoint_without_training_state(tmp_path):
         "rng_states, config, mlflow_run_id, mlflow_tracking_uri); start from its weights with "
         "model.init_from instead"
     ]
+
+
+def _files(folder):
+    """Every file under `folder` with its size and modification time."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_a_finished_run_is_extended_and_a_changed_key_refused(tiny_twin, store, tmp_path):
+    run_dir = tmp_path / "run"
+    first = run_cli(
+        smoke_args(tiny_twin, tmp_path, "hardware=cpu", f"hydra.run.dir={run_dir}"), cwd=tmp_path
+    )
+    assert first.returncode == 0, first.stderr
+    finished = only_run(store)
+    assert finished.info.status == "FINISHED"
+
+    elsewhere = tmp_path / "elsewhere"  # resumed from another folder, as after a reboot
+    elsewhere.mkdir()
+    extended = run_cli([f"resume={run_dir}", "training.epochs=2"], cwd=elsewhere)
+    assert extended.returncode == 0, extended.stderr
+    assert f"Resuming {run_dir} after epoch 1, now to epoch 2 (planned: 1)" in extended.stdout
+    run, history = only_run_history(store, CURVES)
+    assert run.info.run_id == finished.info.run_id and run.info.status == "FINISHED"
+    for key in ("train/loss", "val/macro_f1", "lr"):
+        assert [step for step, _ in history[key]] == [1, 2], key  # each epoch once
+    assert [step for step, _ in history["test/macro_f1"]] == [1, 2]  # scored again
+    assert run.data.params["training.epochs"] == "1" and run.data.tags["training.epochs"] == "2"
+    last = torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True)
+    assert (last["epoch"], last["config"]["training"]["epochs"]) == (2, 2)
+
+    nowhere = tmp_path / "nowhere"
+    nowhere.mkdir()
+    before = _files(tmp_path)  # the run folder, the store, the frame cache, nowhere
+    refused = run_cli(
+        [f"resume={run_dir}", "training.epochs=3", "training.learning_rate=1"], cwd=nowhere
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        f"Error: resume={run_dir} continues the run as it was configured; "
+        f"training.learning_rate cannot change on resume (allowed: {', '.join(RESUME_KEYS)})"
+    ]
+    assert not any(nowhere.iterdir())  # no job folder, no store
+    assert _files(tmp_path) == before  # nothing written, not even a modification time
+    after = only_run(store)
+    assert (after.info.status, after.info.end_time) == (run.info.status, run.info.end_time)
