@@ -14,22 +14,19 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 import torch.distributed as torch_dist
 
-from tennis_exp.config import Precision
 from tennis_exp.data.frames import build_datasets
-from tennis_exp.data.loaders import make_loader
 from tennis_exp.engine import distributed
 from tennis_exp.engine.checkpoint import load_weights
 from tennis_exp.engine.distributed import Dist
-from tennis_exp.engine.evaluation import evaluate
 from tennis_exp.errors import UserError
 from tennis_exp.models.cnn_lstm import build_model
 
 from ..helpers.commands import run_cli, smoke_args
 from ..helpers.configs import compose_config
 from ..helpers.ports import free_port
+from ..helpers.scoring import scores_on_test_split
 from ..helpers.store import copy_store, history, jobs_of, only_run, sqlite_uri
 
 
@@ -69,14 +66,7 @@ def test_two_gloo_processes_train_one_run(tiny_twin, ddp_run):
     # The DDP checkpoint loads into a plain model, and one process evaluating it over the
     # whole test split gets exactly what the two ranks reported together.
     cfg = compose_config(_args(tiny_twin, tmp_path, "hardware=cpu"))
-    model = build_model(cfg.model, num_classes=4)
-    load_weights(model, tmp_path / "run" / "checkpoints" / "best.pth")
-    test_set = build_datasets(cfg.data, cfg.seed)["test"]
-    cpu = torch.device("cpu")
-    loader = make_loader(test_set, 5, cfg.training, cpu, 0)
-    result = evaluate(model, loader, cpu, Precision.fp32, list(cfg.data.events), None, Dist())
-    metrics, cm = result.metrics, result.confusion
-    assert cm.sum() == len(test_set)
+    metrics = scores_on_test_split(cfg, tmp_path / "run" / "checkpoints" / "best.pth")
     assert run.data.metrics["test/acc"] == pytest.approx(metrics["acc"], abs=1e-9)
     assert run.data.metrics["test/macro_f1"] == pytest.approx(metrics["macro_f1"], abs=1e-9)
     assert run.data.metrics["test/loss"] == pytest.approx(metrics["loss"], rel=1e-5)

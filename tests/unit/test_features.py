@@ -14,19 +14,17 @@ from omegaconf import open_dict
 
 from tennis_exp.config import Augment, Backbone, Precision
 from tennis_exp.data.frames import build_datasets
-from tennis_exp.data.loaders import make_loader
 from tennis_exp.engine import train as train_module
-from tennis_exp.engine.checkpoint import load_weights
 from tennis_exp.engine.distributed import Dist
-from tennis_exp.engine.evaluation import evaluate
 from tennis_exp.engine.features import feature_file, weights_digest
 from tennis_exp.engine.hardware import plan_run
 from tennis_exp.engine.loop import Job, Trainer
 from tennis_exp.engine.train import initial_model
 from tennis_exp.errors import UserError
-from tennis_exp.models.cnn_lstm import build_model, small_cnn
+from tennis_exp.models.cnn_lstm import small_cnn
 
 from ..helpers.configs import fit_untracked, smoke_config
+from ..helpers.scoring import scores_on_test_split
 from ..helpers.store import history, only_run
 
 CURVES = ["train/loss", "train/acc", "val/loss", "val/macro_f1"]
@@ -82,22 +80,11 @@ def test_feature_cache_under_ddp_is_computed_by_rank_0(tiny_twin, tmp_path):
     assert log.count("backbone features of") == 3  # each split once, by rank 0
     # The two ranks trained and scored on the cached features: one process scoring the best
     # weights on the test split's frames, through the whole model, gets the run's numbers.
-    curves, scored = _curves(cfg.tracking.uri), _test_scores(cfg, tmp_path / "run")
+    best = tmp_path / "run" / "checkpoints" / "best.pth"
+    curves, scored = _curves(cfg.tracking.uri), scores_on_test_split(cfg, best)
     assert curves["test/acc"] == [pytest.approx(scored["acc"], abs=1e-9)]
     assert curves["test/macro_f1"] == [pytest.approx(scored["macro_f1"], abs=1e-9)]
     assert curves["test/loss"] == [pytest.approx(scored["loss"], rel=1e-4)]
-
-
-def _test_scores(cfg, run_dir: Path) -> dict[str, float]:
-    """The metrics of the run's best weights over the whole test split, in this process."""
-    model = build_model(cfg.model, num_classes=len(cfg.data.events))
-    load_weights(model, run_dir / "checkpoints" / "best.pth")
-    test_set = build_datasets(cfg.data, cfg.seed)["test"]
-    cpu = torch.device("cpu")
-    loader = make_loader(test_set, 5, cfg.training, cpu, 0)
-    result = evaluate(model, loader, cpu, Precision.fp32, list(cfg.data.events), None, Dist())
-    assert result.confusion.sum() == len(test_set)
-    return result.metrics
 
 
 def test_feature_cache_key_follows_frames_weights_and_precision(tmp_path):
