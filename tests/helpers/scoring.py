@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tennis_exp.config import Precision
 from tennis_exp.data.frames import build_datasets
@@ -23,7 +23,8 @@ def scores_on_test_split(cfg: DictConfig, weights: Path) -> dict[str, float]:
     load_weights(model, weights)
     test_set = build_datasets(cfg.data, cfg.seed)["test"]
     cpu = torch.device("cpu")
-    loader = make_loader(test_set, 5, cfg.training, cpu, 0)
+    training = OmegaConf.merge(cfg.training, {"num_workers": 0})  # this process reads alone
+    loader = make_loader(test_set, 5, training, cpu, 0)
     result = evaluate(model, loader, cpu, Precision.fp32, list(cfg.data.events), None, Dist())
     assert result.confusion.sum() == len(test_set)
     return result.metrics
