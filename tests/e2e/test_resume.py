@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tennis_exp.engine.resume import RESUME_KEYS
@@ -31,6 +32,10 @@ def _args(tmp_path, store, run_dir):
     ]
 
 
+# A real SIGTERM to the command, 44 s on a quiet 2-core machine. In the fast suite the same
+# stop-and-resume is checked bit for bit in-process (unit/test_resume.py), and the command's
+# resume= by the extended run below.
+@pytest.mark.slow
 def test_sigterm_then_resume_matches_a_straight_run(tmp_path):
     straight = run_cli(_args(tmp_path, "a.db", "straight"), cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr

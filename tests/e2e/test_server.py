@@ -344,6 +344,8 @@ def postgres():
         shutil.rmtree(home, ignore_errors=True)
 
 
+# 39 s on a quiet 2-core machine; the server's other tests run it on SQLite in the fast suite.
+@pytest.mark.slow
 def test_a_postgresql_store_behind_the_server(postgres, tiny_twin, tmp_path):
     srv = Server(tmp_path, store=postgres).start()
     try:
