@@ -181,6 +181,10 @@ def _train_until_epoch(data, tmp_path, server, epochs: int, retry_s: float, firs
     return proc.returncode, "".join(lines) + out, err
 
 
+# A real server killed and restarted, about a minute on the 2-core machine. In the fast suite
+# the held-back logging is checked in-process (unit/test_retry.py), and a real outage by the
+# next test.
+@pytest.mark.slow
 def test_a_server_back_within_the_bound_loses_nothing(server, tiny_twin, tmp_path):
     epochs, outage = 4, {}
 
