@@ -1,7 +1,8 @@
 """The config: every key a user can type, its type, allowed values and default (`schema`, the
 other commands' in `commands`), the checks composition cannot make (`validation`), the
-datasets' action maps (`datasets`, read from conf/data/), `--help` (`help`) and what Hydra is
-told before composing (`registration`).
+datasets' action maps (`datasets`, read from conf/data/), `--help` (`help`), the names of a
+sweep's job folders and runs (`jobnames`) and what Hydra is told before composing
+(`registration`).
 
 The dataclasses are registered in Hydra's ConfigStore and are the base of conf/*.yaml, so a
 wrong type, an unknown key or an invalid enum value fails while the config is composed; ranges

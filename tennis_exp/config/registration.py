@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from tennis_exp.config.commands import EvaluateConfig, PredictConfig, PrepareConfig
 from tennis_exp.config.help import help_resolver
+from tennis_exp.config.jobnames import sweep_job_label
 from tennis_exp.config.runtime import usable_cpus
 from tennis_exp.config.schema import Accelerator, Config
 
@@ -26,6 +27,8 @@ def register_configs() -> None:
     # the sweep process chose, instead of a directory of its own.
     OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
     OmegaConf.register_new_resolver("parallel_jobs", parallel_jobs, replace=True)
+    # conf/base.yaml's hydra.sweep.subdir: a job's folder names its swept values.
+    OmegaConf.register_new_resolver("sweep_job_label", sweep_job_label, replace=True)
     # conf/hydra/help/tennis_exp.yaml: every command's --help, made from its schema.
     OmegaConf.register_new_resolver("command_help", help_resolver, replace=True)
 

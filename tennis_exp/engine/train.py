@@ -9,13 +9,14 @@ torchrun or a SLURM task per device it is itself one of the workers.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from tennis_exp.config import Strategy, validate
+from tennis_exp.config import Strategy, jobnames, validate
 from tennis_exp.data.frames import WindowDataset, build_datasets
 from tennis_exp.engine import checkpoint, distributed
 from tennis_exp.engine.checkpoint import Checkpoint
@@ -143,7 +144,7 @@ def track(
     return mlflow_run(
         job.tracking_uri,
         cfg.experiment_name,
-        run_name(plan),
+        run_name(plan, cfg, overrides),
         tags,
         resume.mlflow_run_id if resume else None,
         parent,
@@ -168,11 +169,15 @@ def log_run_inputs(run: Run, job: Job, overrides: list[str] | None) -> None:
         run.log_artifact(job.output_dir / name)
 
 
-def run_name(plan: RunPlan) -> str:
-    """e.g. gpu2-dp-bs64-lr2e-4"""
+def run_name(plan: RunPlan, cfg: DictConfig, overrides: list[str] | None) -> str:
+    """A sweep's job: its swept values and the hardware that ran (badminton_scratch@cpu); a
+    run alone: e.g. gpu2-dp-bs64-lr2e-4 (cpu-... where a GPU profile fell back to the CPU)."""
     mantissa, exponent = f"{plan.scaling.learning_rate:.2e}".split("e")
     lr = f"{float(mantissa):g}e{int(exponent)}"
-    return f"{plan.hardware}-{plan.strategy.value}-bs{plan.scaling.effective_batch_size}-lr{lr}"
+    setup = f"{plan.strategy.value}-bs{plan.scaling.effective_batch_size}-lr{lr}"
+    values = jobnames.job_values(overrides or [], os.environ.get(jobnames.SWEPT_ENV))
+    ran = "cpu" if plan.setup.fallback else plan.hardware
+    return jobnames.run_name(values, jobnames.groups_in(cfg, values), ran, setup)
 
 
 def fit_and_test(

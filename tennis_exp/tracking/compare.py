@@ -1,8 +1,11 @@
-"""Comparing runs: the guide's speed table (GPUs, relative speed, effective batch) from
-measured MLflow runs, as a terminal table, markdown, CSV and plots.
+"""Comparing runs: a sweep's table from its MLflow runs, as a terminal table, markdown, CSV
+and plots. The keys the sweep varied come first, then the scores, then how each job ran.
 
-Speed-up and scaling efficiency compare a job with the job of the fewest devices *of the same
-type*: a GPU job against a CPU job would be a hardware ratio, not scaling.
+Where the sweep varies the hardware (the profile, the device count, DP against DDP), the
+table is the guide's speed table: samples/s, speed-up and scaling efficiency, which compare a
+job with the job of the fewest devices *of the same type* (a GPU job against a CPU job would be
+a hardware ratio, not scaling). Between experiments or learning rates on the same hardware a
+speed ratio says nothing about the study: those columns are left out.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Any
 
 from tennis_exp.tracking.runs import OVERRIDES_TAG
 
-COLUMNS = {
+# Row fields and their headers, in the table's order; each class's test recall follows SCORES.
+SCORES = {"best_val_macro_f1": "best val F1", "test_macro_f1": "test F1"}
+RUN = {
     "run": "run",
     "status": "status",
     "devices": "devices",
@@ -26,15 +31,14 @@ COLUMNS = {
     "effective_batch": "effective batch",
     "device": "device",
     "learning_rate": "LR",
-    "samples_per_sec": "samples/s",
-    "speedup": "speed-up",
-    "efficiency": "efficiency",
+}
+SPEED = {"samples_per_sec": "samples/s", "speedup": "speed-up", "efficiency": "efficiency"}
+COST = {
     "epoch_time_s": "epoch s",
     "peak_mem_gpu0_mb": "GPU0 MiB",
     "peak_mem_others_mb": "other GPUs MiB",
-    "best_val_macro_f1": "best val F1",
-    "test_macro_f1": "test F1",
 }
+COLUMNS = {**SCORES, **RUN, **SPEED, **COST}
 
 
 RECALL = "test/recall_"
@@ -132,8 +136,21 @@ def rows_for(client, runs) -> list[Row]:
                 run_id=run_id,
             )
         )
-    add_speedups(rows)
+    if varies_hardware(rows):
+        add_speedups(rows)
     return rows
+
+
+def is_hardware_key(key: str) -> bool:
+    """The profile (`hardware=gpu2`) or one of its keys (`hardware.strategy=ddp`)."""
+    return key == "hardware" or key.startswith("hardware.")
+
+
+def varies_hardware(rows: list[Row]) -> bool:
+    """Whether the jobs differ in what ran them: a swept hardware key, or jobs that ran on
+    different devices, device counts or strategies (compare --all has no sweep)."""
+    ran = {(r.device, r.devices, r.strategy) for r in rows if r.device}
+    return any(is_hardware_key(k) for k in _swept_keys(rows)) or len(ran) > 1
 
 
 def add_speedups(rows: list[Row]) -> None:
@@ -178,44 +195,59 @@ def _classes(rows: list[Row]) -> list[str]:
     return sorted({c for r in rows for c in r.test_recall})
 
 
+def _fields(rows: list[Row]) -> tuple[list[str], list[str]]:
+    """The row fields before and after the recalls: the scores; then how each job ran, its
+    speed only where the jobs' hardware differs."""
+    ran = {**RUN, **SPEED, **COST} if varies_hardware(rows) else {**RUN, **COST}
+    return list(SCORES), list(ran)
+
+
 def _table(rows: list[Row]) -> list[list[str]]:
-    """The header, then a row of cells per job: the columns, each class's test recall, then
-    the swept keys."""
+    """The header, then a row of cells per job: the swept keys, the scores and each class's
+    test recall, then how the job ran."""
     keys, classes = _swept_keys(rows), _classes(rows)
-    header = [*COLUMNS.values(), *(f"recall {c}" for c in classes), *keys]
+    scores, ran = _fields(rows)
+    header = [*keys, *(COLUMNS[k] for k in scores), *(f"recall {c}" for c in classes)]
+    header += [COLUMNS[k] for k in ran]
     body = [
-        [_cell(k, getattr(r, k)) for k in COLUMNS]
+        [_cell(k, r.swept[k]) for k in keys]
+        + [_cell(k, getattr(r, k)) for k in scores]
         + [_cell("test_macro_f1", r.test_recall.get(c)) for c in classes]
-        + [_cell(k, r.swept[k]) for k in keys]
+        + [_cell(k, getattr(r, k)) for k in ran]
         for r in rows
     ]
     return [header, *body]
+
+
+def _note(rows: list[Row]) -> list[str]:
+    return [_NOTE] if varies_hardware(rows) else []
 
 
 def to_markdown(rows: list[Row]) -> str:
     header, *body = _table(rows)
     lines = ["| " + " | ".join(cells) + " |" for cells in [header, *body]]
     lines.insert(1, "|" + "---|" * len(header))
-    return "\n".join([*lines, "", _NOTE]) + "\n"
+    return "\n".join([*lines, "", *_note(rows)]) + "\n"
 
 
 def to_text(rows: list[Row]) -> str:
     cells = _table(rows)
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join([*lines, _NOTE]) + "\n"
+    return "\n".join([*lines, *_note(rows)]) + "\n"
 
 
 def to_csv(rows: list[Row]) -> str:
+    """The table's columns, in its order, with raw values."""
     out = io.StringIO()
+    scores, ran = _fields(rows)
     recalls = [f"recall_{c}" for c in _classes(rows)]
-    writer = csv.DictWriter(out, fieldnames=[*COLUMNS, *recalls, *_swept_keys(rows)])
+    writer = csv.DictWriter(out, fieldnames=[*_swept_keys(rows), *scores, *recalls, *ran])
     writer.writeheader()
     for r in rows:
         recall = {f"recall_{c}": v for c, v in r.test_recall.items()}
-        writer.writerow(
-            {**{k: v for k, v in asdict(r).items() if k in COLUMNS}, **recall, **r.swept}
-        )
+        fields = {k: v for k, v in asdict(r).items() if k in scores or k in ran}
+        writer.writerow({**r.swept, **fields, **recall})
     return out.getvalue()
 
 

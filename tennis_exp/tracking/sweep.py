@@ -6,13 +6,22 @@ machines (SLURM)."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from tennis_exp.config.jobnames import (
+    SWEPT_ENV,
+    failed_name,
+    groups_in,
+    job_values,
+    swept_keys,
+    swept_override,
+)
 from tennis_exp.errors import UserError, record_failure
 from tennis_exp.tracking.compare import Row, best_row, report, to_text
 from tennis_exp.tracking.runs import (
@@ -114,7 +123,8 @@ def record_failed_job(
     }
     if parent:
         tags["mlflow.parentRunId"] = parent.info.run_id
-    name = f"{cfg.hardware.name}-{cfg.hardware.strategy.value}-failed"
+    values = job_values(overrides or [], os.environ.get(SWEPT_ENV))
+    name = failed_name(values, groups_in(cfg, values), cfg.hardware.name, tags["strategy"])
     run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     client.log_batch(
         run_id,
@@ -153,6 +163,18 @@ def log_best(client, parent_id: str, rows: list[Row]) -> None:
     client.set_tag(parent_id, "best_run_id", best.run_id)
 
 
+def hand_swept_keys_to_jobs(config: DictConfig) -> None:
+    """Every launcher composes a job's config from the sweep's `hydra.overrides.hydra` and the
+    job's own overrides: one more there gives each job the keys the sweep varies (its folder
+    and run name show their values)."""
+    params = OmegaConf.select(config, "hydra.sweeper.params")
+    search = OmegaConf.to_container(params) if params is not None else None
+    override = swept_override(swept_keys(config.hydra.overrides.task, search))
+    if override is not None:
+        with read_write(config.hydra.overrides), open_dict(config.hydra.overrides):
+            config.hydra.overrides.hydra.append(override)
+
+
 class SweepTracking(Callback):
     """A multirun is one parent MLflow run with a nested run per job, and ends with the
     comparison table (terminal, markdown, CSV, plots) logged to the parent.
@@ -164,6 +186,7 @@ class SweepTracking(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
 
+        hand_swept_keys_to_jobs(config)
         uri = tracking_uri(config)
         experiment_id = ensure_experiment(uri, config.experiment_name)
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())

@@ -33,7 +33,7 @@ def test_smoke_run_is_tracked_in_mlflow(tiny_twin, tmp_path):
     client = MlflowClient(sqlite_uri(tmp_path))
     [run] = runs_of(sqlite_uri(tmp_path))
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "gpu1-dp-bs8-lr1e-4"
+    assert run.info.run_name == "cpu-dp-bs8-lr1e-4"  # what ran, not the profile's gpu1
     params = run.data.params
     assert params["training.batch_size"] == "8"
     assert params["hardware.name"] == "gpu1"
@@ -119,6 +119,8 @@ def test_multirun_of_two_cpu_jobs(tiny_twin, store, tmp_path):
     assert (sweep / "0-cpu" / "checkpoints" / "best.pth").is_file()
     client, parent, runs = _sweep(tmp_path)
     assert sorted(r.data.tags["hardware"] for r in runs) == ["cpu", "gpu1"]
+    # Each run named by its swept profile, and the CPU that gpu1 fell back to.
+    assert sorted(r.info.run_name for r in runs) == ["cpu", "gpu1@cpu"]
     assert {r.info.status for r in runs} == {"FINISHED"} == {parent.info.status}
     assert {r.data.tags["sweep_dir"] for r in runs} == {str(sweep)}
 
@@ -127,7 +129,11 @@ def test_multirun_of_two_cpu_jobs(tiny_twin, store, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert artifacts == {"comparison.md", "comparison.csv", "speedup.png", "val_macro_f1.png"}
     table = (sweep / "comparison" / "comparison.csv").read_text().splitlines()
-    assert table[0].startswith("run,status,devices,strategy,per_device_batch,effective_batch")
+    assert table[0].startswith("hardware,best_val_macro_f1,test_macro_f1,")  # the swept key first
+    assert (
+        ",run,status,devices,strategy,per_device_batch,effective_batch,device,learning_rate,"
+        "samples_per_sec,speedup,efficiency,epoch_time_s," in table[0]
+    )
     assert len(table) == 3
 
     # ... and again on demand, from the store alone.
@@ -149,7 +155,8 @@ def test_multirun_of_two_cpu_jobs(tiny_twin, store, tmp_path):
         timeout=120,
     )
     assert again.returncode == 0, again.stderr
-    assert "cpu-dp-bs8-lr1e-4" in again.stdout and "gpu1-dp-bs8-lr1e-4" in again.stdout
+    assert again.stdout.split()[:2] == ["hardware", "best"]
+    assert "gpu1@cpu" in again.stdout and "speed-up" in again.stdout
     assert (tmp_path / "again" / "comparison.csv").read_text() == "\n".join(table) + "\n"
 
 
@@ -229,7 +236,7 @@ def test_sweep_goes_on_past_a_failed_job(tiny_twin, store, tmp_path):
     assert "needs 2 CUDA device(s)" in failed.data.tags["error"]
     assert parent.info.status == "FAILED"
     csv = (tmp_path / "sweep" / "comparison" / "comparison.csv").read_text()
-    assert "gpu2-dp-failed,FAILED,2,dp" in csv  # a failed row, not a dropped one
+    assert "gpu2-failed,FAILED,2,dp" in csv  # a failed row, not a dropped one
     assert out.stderr.strip().splitlines()[-1].startswith("Error: hardware=gpu2 needs 2 CUDA")
 
 

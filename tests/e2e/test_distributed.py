@@ -200,15 +200,19 @@ def submitit_ddp(tiny_twin, empty_store, tmp_path_factory):
 
 def test_submitit_one_task_per_device_sweep(submitit_ddp):
     run, sweep = submitit_ddp.good, submitit_ddp.sweep
-    assert run.info.run_name == "cpu_ddp2-ddp-bs16-lr2e-4"
+    # The sweep varies data.root: a job is named by its (shortened) root, and what ran it.
+    assert run.info.run_name.startswith("root_") and run.info.run_name.endswith("@cpu_ddp2")
     assert run.info.status == "FINISHED"  # the sweep went on past the first job's failure
     assert run.data.params["scaling.world_size"] == "2"
     assert run.data.params["scaling.per_device_batch_size"] == "8"
     assert run.data.params["scaling.effective_batch_size"] == "16"
     cfg = compose_config(submitit_ddp.cfg)
-    for job in ("0-cpu_ddp2", "1-cpu_ddp2"):
-        assert not (sweep / job / "ranks").exists()  # the tasks were the ranks: no launch
-    load_weights(build_model(cfg.model, 4), sweep / "1-cpu_ddp2" / "checkpoints" / "best.pth")
+    jobs = sorted(p for p in sweep.iterdir() if p.name[0].isdigit())
+    assert [p.name[:7] for p in jobs] == ["0-root_", "1-root_"]
+    assert jobs[1].name == f"1-{run.info.run_name.removesuffix('@cpu_ddp2')}"
+    for job in jobs:
+        assert not (job / "ranks").exists()  # the tasks were the ranks: no launch
+    load_weights(build_model(cfg.model, 4), jobs[1] / "checkpoints" / "best.pth")
     submitted = list((sweep / ".submitit").glob("[0-9]*"))  # one folder per job
     assert len(submitted) == 2
     [tasks] = [t for t in submitted if "][ERROR]" not in (t / f"{t.name}_1_log.out").read_text()]

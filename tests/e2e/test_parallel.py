@@ -45,8 +45,11 @@ def test_four_cpu_jobs_at_once_into_one_sqlite_store(tmp_path):
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert sorted(steps) == list(range(1, epochs + 1)), (key, steps)
         assert "test/macro_f1" in run.data.metrics
-    # The table has a column for what the sweep varied.
+    # The table's first column is what the sweep varied; the jobs' folders name it.
     table = (sweep / "comparison" / "comparison.csv").read_text().splitlines()
-    assert table[0].endswith(",training.learning_rate")
-    rates = sorted(float(line.rsplit(",", 1)[1]) for line in table[1:])
+    assert table[0].startswith("training.learning_rate,")
+    rates = sorted(float(line.split(",", 1)[0]) for line in table[1:])
     assert rates == [1e-4, 2e-4, 3e-4, 4e-4]
+    assert sorted(p.name for p in sweep.iterdir() if p.name[0].isdigit()) == [
+        f"{i}-learning_rate_0.000{i + 1}" for i in range(4)
+    ]  # Hydra's sweeper hands each job its value as a plain float

@@ -99,15 +99,24 @@ def test_the_transfer_study_runs_on_the_synthetic_twins(tiny_twin, store, tmp_pa
         timeout=600,
     )  # fmt: skip
     assert study.returncode == 0, study.stderr[-2000:]
+    # A study reads as one: the swept keys first, the scores next, no speed-up of one strategy
+    # over another; each job's folder and run named by its values and the CPU that ran it.
     header, *rows = (tmp_path / "study" / "comparison" / "comparison.csv").read_text().splitlines()
-    assert header.endswith(
-        "recall_net_play,recall_rally,recall_serve,recall_smash,experiment,data.train_fraction"
+    assert header.startswith(
+        "experiment,data.train_fraction,best_val_macro_f1,test_macro_f1,"
+        "recall_net_play,recall_rally,recall_serve,recall_smash,run,status,"
     )
-    assert sorted(row.split(",")[-2:] for row in rows) == [
-        ["badminton_scratch", "0.5"], ["badminton_scratch", "1.0"],
-        ["badminton_staged", "0.5"], ["badminton_staged", "1.0"],
+    assert "speedup" not in header and "speed-up" not in study.stdout + study.stderr
+    values = [
+        ("badminton_scratch", "0.5"), ("badminton_scratch", "1.0"),
+        ("badminton_staged", "0.5"), ("badminton_staged", "1.0"),
     ]  # fmt: skip
+    assert sorted(tuple(row.split(",")[:2]) for row in rows) == values
     assert all(",FINISHED," in row for row in rows)
+    labels = [f"{e}-train_fraction_{f}" for e, f in values]
+    assert sorted(row.split(",")[8] for row in rows) == [f"{label}@cpu" for label in labels]
+    folders = sorted(p.name for p in (tmp_path / "study").iterdir() if p.name[0].isdigit())
+    assert folders == [f"{i}-{label}" for i, label in enumerate(labels)]
     assert (tmp_path / "study" / "comparison" / "study.png").stat().st_size > 0
     # The badminton twin's own folders were read: the stroke names of data=badminton.
     assert {p.name for p in (tmp_path / "badminton" / "train").iterdir()} <= set(BADMINTON_ACTIONS)

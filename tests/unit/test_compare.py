@@ -13,9 +13,12 @@ from tennis_exp.tracking.compare import (
     Row,
     add_speedups,
     plot_study,
+    rows_for,
     swept_values,
     to_csv,
+    to_markdown,
     to_text,
+    varies_hardware,
 )
 from tennis_exp.tracking.runs import ensure_experiment, filter_value, runs_tagged
 from tennis_exp.tracking.sweep import SweepTracking, child_runs, record_failed_job, sweep_parent
@@ -70,9 +73,12 @@ def test_the_table_has_a_column_per_key_the_sweep_varied():
     for row in rows:
         row.swept = swept[row.run]
     header, *lines = to_csv(rows).splitlines()
-    assert header.endswith(",test_macro_f1,hardware,training.learning_rate,model.x")
-    assert lines[2].endswith(',cpu,,"[1, 2]"')
-    assert to_text(rows).splitlines()[0].split()[-3:] == [
+    # The swept keys first, then the scores, then how the job ran.
+    assert header.startswith(
+        "hardware,training.learning_rate,model.x,best_val_macro_f1,test_macro_f1,run,status,"
+    )
+    assert lines[2].startswith('cpu,,"[1, 2]",,,c,FINISHED,')
+    assert to_text(rows).splitlines()[0].split()[:3] == [
         "hardware",
         "training.learning_rate",
         "model.x",
@@ -91,12 +97,14 @@ def test_a_study_shows_each_class_recall_and_plots_against_its_numeric_key(tmp_p
         row.swept = {"experiment": strategy, "data.train_fraction": fraction}
         rows.append(row)
     header, first, *_ = to_csv(rows).splitlines()
-    assert header.endswith(
-        ",test_macro_f1,recall_serve,recall_smash,experiment,data.train_fraction"
+    assert header.startswith(
+        "experiment,data.train_fraction,best_val_macro_f1,test_macro_f1,recall_serve,"
+        "recall_smash,run,status,"
     )
-    assert first.endswith(",0.3,0.0,0.6,scratch,0.1")  # a collapsed class reads as 0.0
-    assert to_text(rows).splitlines()[0].split()[-6:] == [
-        "recall", "serve", "recall", "smash", "experiment", "data.train_fraction"
+    assert first.startswith("scratch,0.1,,0.3,0.0,0.6,scratch-0.1,")  # a collapsed class: 0.0
+    assert to_text(rows).splitlines()[0].split()[:10] == [
+        "experiment", "data.train_fraction", "best", "val", "F1", "test", "F1",
+        "recall", "serve", "recall"
     ]  # fmt: skip
     path = plot_study(rows, tmp_path / "study.png")
     assert path.stat().st_size > 0
@@ -104,6 +112,77 @@ def test_a_study_shows_each_class_recall_and_plots_against_its_numeric_key(tmp_p
     for row in rows:
         row.swept = {"experiment": row.swept["experiment"]}
     assert plot_study(rows, tmp_path / "none.png") is None
+
+
+SPEED_HEADERS = ["samples/s", "speed-up", "efficiency"]
+
+
+@pytest.mark.parametrize(
+    ("swept", "ran", "speed"),
+    [
+        ({"hardware": ["gpu1", "gpu2"]}, [("cuda", 1), ("cuda", 2)], True),
+        ({"hardware.strategy": ["dp", "ddp"]}, [("cuda", 2), ("cuda", 2)], True),  # DP vs DDP
+        ({"hardware": ["cpu", "gpu1"]}, [("cpu", 1), ("cpu", 1)], True),  # gpu1 fell back
+        ({"hardware.devices": ["1", "2"]}, [("cuda", 1), ("cuda", 2)], True),
+        # A study: strategies of transfer, learning rates, on the same hardware.
+        ({"experiment": ["badminton_scratch", "badminton_staged"]}, [("cpu", 1)] * 2, False),
+        ({"training.learning_rate": ["1e-4", "2e-4"]}, [("cuda", 1)] * 2, False),
+        # compare --all has no sweep: the runs' own hardware tells.
+        ({}, [("cuda", 1), ("cuda", 4)], True),
+        ({}, [("cuda", 1), ("cuda", 1)], False),
+    ],
+)
+def test_speed_columns_appear_only_where_the_hardware_varies(swept, ran, speed):
+    rows = [_row(f"job{i}", device, n, 100.0 * (i + 1)) for i, (device, n) in enumerate(ran)]
+    for i, row in enumerate(rows):
+        row.swept = {k: values[i] for k, values in swept.items()}
+    assert varies_hardware(rows) is speed
+    text, header = to_text(rows), to_text(rows).splitlines()[0]
+    assert all(h in header for h in SPEED_HEADERS) is speed
+    assert ("fewest devices of the same type" in text) is speed
+    assert ("samples_per_sec" in to_csv(rows)) is speed
+    assert ("speed-up" in to_markdown(rows)) is speed
+    assert "epoch s" in header and "test F1" in header  # a study still shows each job's cost
+
+
+class _Client:
+    """MLflow's client as rows_for reads it: metric histories of fake runs."""
+
+    def __init__(self, histories):
+        self.histories = histories
+
+    def get_metric_history(self, run_id, key):
+        return [
+            SimpleNamespace(value=v, step=i)
+            for i, v in enumerate(self.histories[run_id].get(key, []))
+        ]
+
+
+def _measured(run_id, overrides, samples_per_sec):
+    run = _run(run_id, overrides)
+    run.info.run_name, run.info.status, run.info.start_time = run_id, "FINISHED", len(run_id)
+    params = {"scaling.devices": "1", "hardware.strategy": "dp", "run.device": "cpu"}
+    run.data.params, run.data.metrics = params, {"test/macro_f1": 0.5}
+    return run, {"perf/samples_per_sec": [samples_per_sec], "val/macro_f1": [0.4]}
+
+
+def test_a_study_on_one_machine_has_no_speed_up_of_one_strategy_over_another():
+    """The issue's study: two presets on the CPU, one 1.38x faster. No speed-up; a hardware
+    sweep of the same measurements has its speed-ups."""
+    for swept, values, speedups in [
+        ("experiment", ["badminton_scratch", "badminton_staged"], [None, None]),
+        ("hardware", ["cpu", "gpu1"], [1.0, 1.38]),  # gpu1 fell back to the CPU
+    ]:
+        runs, histories = [], {}
+        for run_id, value, speed in zip(["a", "bb"], values, [100.0, 138.0], strict=True):
+            run, histories[run_id] = _measured(
+                run_id, [f"{swept}={value}", "model=small_cnn"], speed
+            )
+            runs.append(run)
+        rows = rows_for(_Client(histories), runs)
+        assert [r.run for r in rows] == ["a", "bb"] and rows[1].samples_per_sec == 138.0
+        assert [None if r.speedup is None else round(r.speedup, 2) for r in rows] == speedups
+        assert to_text(rows).splitlines()[0].split()[0] == swept
 
 
 def test_the_baseline_is_the_fewest_devices_even_if_listed_later():
