@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from tennis_exp.engine.checkpoint import load_weights
 from tennis_exp.models.cnn_lstm import build_model
 
-from ..helpers.commands import run_cli, smoke_args
+from ..helpers.commands import run_cli, run_sweep, smoke_args
 from ..helpers.configs import compose_config
 from ..helpers.frame_trees import make_tree
 from ..helpers.mistakes import bad_override_params
@@ -105,11 +105,7 @@ def _sweep(tmp_path):
 
 def test_multirun_of_two_cpu_jobs(tiny_twin, store, tmp_path):
     sweep = tmp_path / "sweep"
-    out = run_cli(
-        ["--multirun", "hardware=cpu,gpu1", *smoke_args(tiny_twin, tmp_path),
-         f"hydra.sweep.dir={sweep}"],
-        cwd=tmp_path,
-    )  # fmt: skip
+    out = run_sweep(["hardware=cpu,gpu1", *smoke_args(tiny_twin, tmp_path)], sweep, tmp_path)
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [
         "0-cpu",
@@ -215,14 +211,8 @@ def test_runs_started_at_the_same_moment_get_their_own_directories(tmp_path):
 
 def test_sweep_goes_on_past_a_failed_job(tiny_twin, store, tmp_path):
     # No GPU here: the gpu2 job fails, the cpu job after it still runs.
-    out = run_cli(
-        [
-            "--multirun",
-            "hardware=gpu2,cpu",
-            *smoke_args(tiny_twin, tmp_path),
-            f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        ],
-        cwd=tmp_path,
+    out = run_sweep(
+        ["hardware=gpu2,cpu", *smoke_args(tiny_twin, tmp_path)], tmp_path / "sweep", tmp_path
     )
     assert out.returncode == 1
     assert "job 0 (hardware=gpu2" in out.stdout + out.stderr
@@ -244,11 +234,10 @@ def test_a_swept_preset_in_another_experiment_is_refused_in_one_line(store, tmp_
     # badminton_scratch sets experiment_name=badminton_transfer; swept beside another preset,
     # the sweep's run is in the command's experiment (tennis_4event), which could not nest or
     # report its job. tennis_baseline's job, in tennis_4event, runs.
-    out = run_cli(
-        ["--multirun", "experiment=badminton_scratch,tennis_baseline", "model=small_cnn",
-         "data=synthetic_badminton", *smoke_args(tmp_path / "data", tmp_path),
-         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        cwd=tmp_path,
+    out = run_sweep(
+        ["experiment=badminton_scratch,tennis_baseline", "model=small_cnn",
+         "data=synthetic_badminton", *smoke_args(tmp_path / "data", tmp_path)],
+        tmp_path / "sweep", tmp_path,
     )  # fmt: skip
     assert out.returncode == 1
     assert "Traceback" not in out.stderr

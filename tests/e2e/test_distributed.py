@@ -23,7 +23,7 @@ from tennis_exp.engine.distributed import Dist
 from tennis_exp.errors import UserError
 from tennis_exp.models.cnn_lstm import build_model
 
-from ..helpers.commands import run_cli, smoke_args
+from ..helpers.commands import run_cli, run_sweep, smoke_args
 from ..helpers.configs import compose_config
 from ..helpers.ports import free_port
 from ..helpers.scoring import scores_on_test_split
@@ -119,11 +119,7 @@ def test_a_failing_rank_stops_the_job_and_fails_the_run(tiny_twin, store, tmp_pa
 
 def test_multirun_single_process_then_ddp(tiny_twin, store, tmp_path):
     sweep = tmp_path / "sweep"
-    out = run_cli(
-        ["--multirun", "hardware=cpu,cpu_ddp2", *_args(tiny_twin, tmp_path),
-         f"hydra.sweep.dir={sweep}"],
-        cwd=tmp_path,
-    )  # fmt: skip
+    out = run_sweep(["hardware=cpu,cpu_ddp2", *_args(tiny_twin, tmp_path)], sweep, tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     jobs = jobs_of(sqlite_uri(tmp_path))
     assert sorted((r.data.tags["hardware"], r.info.status) for r in jobs) == [
@@ -139,11 +135,9 @@ def submitit_local(tiny_twin, empty_store, tmp_path_factory):
     a CPU job, and a two-GPU job that cannot run here."""
     root = tmp_path_factory.mktemp("submitit")
     copy_store(empty_store, root)
-    out = run_cli(
-        ["--multirun", "hydra/launcher=submitit_local", "hardware=cpu,gpu2",
-         *_args(tiny_twin, root), f"hydra.sweep.dir={root / 'sweep'}"],
-        cwd=root,
-        env={"CUDA_VISIBLE_DEVICES": ""},
+    out = run_sweep(
+        ["hydra/launcher=submitit_local", "hardware=cpu,gpu2", *_args(tiny_twin, root)],
+        root / "sweep", root, env={"CUDA_VISIBLE_DEVICES": ""},
     )  # fmt: skip
     return root, out
 
@@ -175,18 +169,12 @@ def submitit_ddp(tiny_twin, empty_store, tmp_path_factory):
     copy_store(empty_store, root)
     bad = root / "bad"
     broken = _break_a_frame_of_rank_1(tiny_twin, root, bad)
-    out = run_cli(
-        [
-            "--multirun",
-            "hydra/launcher=local_ddp",
-            "hardware=cpu_ddp2",
-            "data.frame_cache=false",
-            *_args(f"{bad},{tiny_twin}", root),
-            f"hydra.sweep.dir={root / 'sweep'}",
-        ],
-        cwd=root,
+    out = run_sweep(
+        ["hydra/launcher=local_ddp", "hardware=cpu_ddp2", "data.frame_cache=false",
+         *_args(f"{bad},{tiny_twin}", root)],
+        root / "sweep", root,
         timeout=240,  # a rank left waiting on its lost peer would hang the sweep
-    )
+    )  # fmt: skip
     jobs = {r.data.params["data.root"]: r for r in jobs_of(sqlite_uri(root))}
     return SimpleNamespace(
         out=out,

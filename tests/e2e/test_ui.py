@@ -14,7 +14,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ..helpers.commands import run_cli, smoke_args
+from ..helpers.commands import run_sweep, smoke_args
 from ..helpers.configs import ROOT
 from ..helpers.ports import free_port
 from ..helpers.store import runs_of, sqlite_uri
@@ -51,11 +51,9 @@ def _chromium(url: str, profile, *flags: str) -> str:
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_sweep_in_the_mlflow_ui(tiny_twin, store, tmp_path):
     uri = sqlite_uri(tmp_path)
-    sweep = run_cli(
-        ["--multirun", "hardware=cpu,gpu1", *smoke_args(tiny_twin, tmp_path),
-         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        cwd=tmp_path,
-    )  # fmt: skip
+    sweep = run_sweep(
+        ["hardware=cpu,gpu1", *smoke_args(tiny_twin, tmp_path)], tmp_path / "sweep", tmp_path
+    )
     assert sweep.returncode == 0, sweep.stderr
     experiment = MlflowClient(uri).get_experiment_by_name("tennis_4event").experiment_id
     runs = runs_of(uri)

@@ -47,6 +47,11 @@ def run_cli(
     )
 
 
+def run_sweep(args: list[str], sweep_dir: Path, cwd: Path, **kwargs):
+    """`python -m tennis_exp --multirun ARGS hydra.sweep.dir=SWEEP_DIR` in a subprocess."""
+    return run_cli(["--multirun", *args, f"hydra.sweep.dir={sweep_dir}"], cwd, **kwargs)
+
+
 def run_quick_bench(module: str, tmp_path: Path, written: str) -> tuple[str, str]:
     """`python -m bench.<module> --quick`, its data and results in tmp_path: (the one report
     it wrote, named like `written`, and what it printed)."""
