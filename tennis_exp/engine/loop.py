@@ -1,9 +1,10 @@
 """The training loop of one process (the only one, or one DDP rank): fit the epochs, each
-`train_one_epoch`, `evaluate` on val and `end_epoch` (metrics, log, checkpoint), then test the
-best weights. Rank 0 logs to MLflow and writes the checkpoints."""
+`train_one_epoch`, `evaluate` on val and `end_epoch` (metrics, log, checkpoint, curves), then test
+the best weights. Rank 0 logs to MLflow and writes the checkpoints and pictures."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -34,12 +35,20 @@ from tennis_exp.engine.distributed import Dist
 from tennis_exp.engine.evaluation import Evaluation, evaluate
 from tennis_exp.engine.features import cached_features
 from tennis_exp.engine.hardware import RunPlan, autocast, wrap_model
-from tennis_exp.engine.metrics import plot_confusion
+from tennis_exp.engine.metrics import classification_metrics
 from tennis_exp.engine.rng import rng_state, set_rng_state
 from tennis_exp.engine.schedule import LrSchedule, plateau_step
 from tennis_exp.engine.state import EpochProgress, TrainState
 from tennis_exp.errors import UserError
+from tennis_exp.files import write_text
 from tennis_exp.models.cnn_lstm import CNNLSTM
+from tennis_exp.tracking.plots import (
+    CONFUSION_FILE,
+    CURVE_KEYS,
+    curves_figure,
+    plot_confusion,
+    save,
+)
 from tennis_exp.tracking.runs import Run
 
 log = logging.getLogger(__name__)
@@ -73,6 +82,7 @@ class EpochResult:
 
     loss: float
     acc: float
+    macro_f1: float  # of the epoch's training predictions (augmented, weights changing)
     samples_per_sec: float
     data_wait: float  # share of the timed training time spent waiting for batches
     started: float  # time.perf_counter() when the epoch began
@@ -133,6 +143,11 @@ class Trainer:
         self.show_bar = dist.is_main and shows_progress_bar(cfg.progress_bar)
         self.loader_warned = False
         self.stop = StopSignal()
+        # Each curve's (epoch, value) pairs for curves.png: a resumed run's earlier epochs are
+        # in its MLflow run (they are logged with the checkpoint that ends each of them).
+        self.history: dict[str, list[tuple[int, float]]] = {}
+        if self.run and resume is not None:
+            self.history = self.run.history(CURVE_KEYS, last_step=self.state.epoch)
 
     def _trained_part(self, datasets):
         """The module that trains, wrapped for the strategy: the whole model, or only its head
@@ -212,28 +227,35 @@ class Trainer:
             warmup=min(TIMING_WARMUP_STEPS, (self.steps_per_epoch - progress.batches_done) // 2),
             sync=lambda: synchronize(self.plan.device),
         )
-        # Counted on the device: loss.item() is the step's one host sync, this adds none.
+        # Counted on the device: loss.item() is the step's one host sync, these add none.
         correct = torch.tensor(progress.correct, device=self.plan.device)
+        n = len(self.events)
+        confusion = torch.tensor(progress.confusion or [[0] * n] * n, device=self.plan.device)
         try:
             for frames, labels in self.progress_bar(timed, epoch, progress.batches_done):
                 if self.stop_agreed(progress.batches_done):
                     raise Stopped
-                loss, hits = self.train_step(frames, labels, epoch, progress.batches_done)
+                loss, predicted, labels = self.train_step(
+                    frames, labels, epoch, progress.batches_done
+                )
                 progress.loss_sum += loss * len(labels)
-                correct += hits
+                correct += (predicted == labels).sum()
+                # [true, predicted] counts: index_add_ needs no host sync, unlike bincount.
+                confusion.view(-1).index_add_(0, labels * n + predicted, torch.ones_like(labels))
                 progress.seen += len(labels)
                 progress.batches_done += 1
         except Exception as err:
-            progress.correct = int(correct)
+            progress.correct, progress.confusion = int(correct), confusion.tolist()
             self.stopped_mid_epoch(err)
-        progress.correct = int(correct)
+        progress.correct, progress.confusion = int(correct), confusion.tolist()
         synchronize(self.plan.device)
         return self.epoch_result(progress, timed, started)
 
     def train_step(
         self, frames, labels, epoch: int, batch_index: int
-    ) -> tuple[float, torch.Tensor]:
-        """One optimizer step at the schedule's LR; (loss, correct predictions)."""
+    ) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """One optimizer step at the schedule's LR; (loss, predicted classes, labels), the
+        last two on the device."""
         state, plan = self.state, self.plan
         lr = self.schedule.lr(state.step, state.plateau.scale)
         for group in state.optimizer.param_groups:
@@ -263,7 +285,7 @@ class Trainer:
         loss_value = loss.item()
         if not np.isfinite(loss_value):
             self.diverged(loss_value, epoch, batch_index + 1)
-        return loss_value, (logits.argmax(1) == labels).sum()
+        return loss_value, logits.argmax(1), labels
 
     def diverged(self, loss: float, epoch: int, step: int) -> None:
         last = self.ckpt_dir / "last.pth"
@@ -300,6 +322,7 @@ class Trainer:
         # Steady-state throughput of the whole job; a very short epoch counts all of it.
         seconds = end - timed.since if samples else end - started
         data_wait = waited / self.dist.world_size / seconds
+        confusion = self.dist.all_reduce_tensor(torch.tensor(progress.confusion), self.plan.device)
         if data_wait > LOADER_BOUND and not self.loader_warned:
             self.loader_warned = True
             log.warning(
@@ -311,7 +334,12 @@ class Trainer:
                 "" if self.job.cfg.data.frame_cache else " and set data.frame_cache=true",
             )
         return EpochResult(
-            loss_sum / seen, correct / seen, (samples or seen) / seconds, data_wait, started
+            loss_sum / seen,
+            correct / seen,
+            classification_metrics(confusion, self.events)["macro_f1"],
+            (samples or seen) / seconds,
+            data_wait,
+            started,
         )
 
     def end_epoch(self, epoch: int, result: EpochResult, val: dict[str, float]) -> None:
@@ -334,6 +362,7 @@ class Trainer:
         metrics = {
             "train/loss": result.loss,
             "train/acc": result.acc,
+            "train/macro_f1": result.macro_f1,
             **{f"val/{k}": v for k, v in val.items()},
             "lr": lr,
             "perf/samples_per_sec": result.samples_per_sec,
@@ -362,6 +391,16 @@ class Trainer:
                 result.samples_per_sec,
                 epoch_time,
             )
+            self.draw_curves(epoch, metrics)
+
+    def draw_curves(self, epoch: int, metrics: dict[str, float]) -> None:
+        """curves.png in the run folder, every epoch so far (a resumed run's earlier ones
+        too), rewritten whole and logged again after each epoch."""
+        for key in CURVE_KEYS:
+            self.history.setdefault(key, []).append((epoch, metrics[key]))
+        path = save(curves_figure(self.history), self.job.output_dir / "curves.png")
+        if self.run:
+            self.run.log_artifact(path)
 
     def save(self, names: list[str]) -> None:
         """Write the checkpoint files on rank 0; every rank calls it (RNG states are gathered)."""
@@ -389,8 +428,9 @@ class Trainer:
         return self.dist.all_reduce([float(requested)], self.plan.device)[0] > 0
 
     def test(self) -> dict[str, float]:
-        """The best val weights on the test split, logged with a confusion matrix. Rank 0 reads
-        them and hands them to the others: best.pth may be on its machine's disk alone."""
+        """The best val weights on the test split, logged with a confusion matrix (its picture,
+        and its counts for a sweep's comparison). Rank 0 reads them and hands them to the
+        others: best.pth may be on its machine's disk alone."""
         if self.dist.is_main:
             checkpoint.load_weights(self.model, self.ckpt_dir / "best.pth")
         self.dist.broadcast_module(self.model)
@@ -400,13 +440,18 @@ class Trainer:
             log.info(
                 "test (best val weights): acc %.3f macro-F1 %.3f", test["acc"], test["macro_f1"]
             )
-            figure = self.job.output_dir / "confusion_matrix.png"
-            plot_confusion(cm, self.events, "test, best val weights", figure)
+            out = self.job.output_dir
+            figure = plot_confusion(
+                cm, self.events, "test, best val weights", out / "confusion_matrix.png"
+            )
+            counts = out / CONFUSION_FILE
+            write_text(counts, json.dumps({"events": self.events, "counts": cm.tolist()}) + "\n")
             if self.run:
                 self.run.log_metrics(
                     {f"test/{k}": v for k, v in test.items()}, step=self.tcfg.epochs
                 )
                 self.run.log_artifact(figure)
+                self.run.log_artifact(counts)
                 if self.job.cfg.tracking.log_checkpoint:
                     self.run.log_artifact(self.ckpt_dir / "best.pth", "checkpoints")
         return test

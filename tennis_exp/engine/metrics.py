@@ -1,8 +1,6 @@
-"""Classification metrics from a confusion matrix, and its plot."""
+"""Classification metrics from a confusion matrix (tracking/plots.py draws it)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 
@@ -43,34 +41,3 @@ def classification_metrics(cm: torch.Tensor, class_names: list[str]) -> dict[str
 def metric_name(class_name: str) -> str:
     """'Net Play' -> 'net_play'."""
     return class_name.lower().replace(" ", "_")
-
-
-def plot_confusion(cm: torch.Tensor, class_names: list[str], title: str, path: Path) -> None:
-    """Counts, and each true class's row as shares of it (recall on the diagonal)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    counts = cm.numpy()
-    rows = cm.double() / cm.sum(1, keepdim=True).clamp(min=1)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
-    for ax, values, fmt, subtitle in [
-        (axes[0], counts, "{:d}", "counts"),
-        (axes[1], rows.numpy(), "{:.2f}", "row-normalised"),
-    ]:
-        ax.imshow(values, cmap="Blues", vmin=0)
-        ticks = range(len(class_names))
-        ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true")
-        ax.set_title(f"{title}: {subtitle}", fontsize=10)
-        ax.set_xticklabels(class_names, rotation=30, ha="right")
-        ax.set_yticklabels(class_names)
-        threshold = values.max() / 2
-        for i in ticks:
-            for j in ticks:
-                value = values[i, j]
-                ax.text(j, i, fmt.format(value.item()), ha="center", va="center",
-                        color="white" if value > threshold else "black")  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -24,6 +24,9 @@ class EpochProgress:
     loss_sum: float = 0.0
     correct: int = 0
     seen: int = 0
+    # [true, predicted] counts of the training predictions: the epoch's train macro-F1.
+    # None in a checkpoint from before it was kept: that epoch's F1 then counts what is left.
+    confusion: list[list[int]] | None = None
 
 
 class TrainState:

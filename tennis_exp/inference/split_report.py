@@ -1,6 +1,7 @@
 """`python -m tennis_exp.evaluate`'s work: a checkpoint scored on a split (or a folder in the
 layout of one) by the training run's own evaluation loop, with the users' classification
-report, every window's probabilities and the confusion matrix, and an MLflow run."""
+report, every window's probabilities, the confusion matrix and a gallery of its mistakes, and an
+MLflow run."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -18,10 +20,14 @@ from tennis_exp.data.loaders import make_loader
 from tennis_exp.engine.distributed import Dist
 from tennis_exp.engine.evaluation import Evaluation, evaluate
 from tennis_exp.engine.hardware import wrap_model
-from tennis_exp.engine.metrics import metric_name, plot_confusion
+from tennis_exp.engine.metrics import metric_name
 from tennis_exp.inference.trained_model import checkpoint_run, one_process_plan, trained_model
+from tennis_exp.tracking.plots import gallery_figure, plot_confusion, save
 
 log = logging.getLogger(__name__)
+
+# The misclassified windows the gallery shows for each confused pair of events.
+GALLERY_WINDOWS = 3
 
 
 def evaluate_checkpoint(cfg: DictConfig, output_dir: Path) -> Evaluation:
@@ -40,10 +46,13 @@ def evaluate_checkpoint(cfg: DictConfig, output_dir: Path) -> Evaluation:
             wrap_model(model, plan), loader, plan.device, plan.precision, events, None, Dist(), True
         )
         files = write_report(result, dataset, events, scored, output_dir)
-        run.log_params({"checkpoint": str(ckpt.path), "scored": scored, "data.root": cfg.data.root})
+        gallery = write_gallery(result.probabilities, dataset, events, output_dir / "errors")
+        run.log_params({"checkpoint": ckpt.name, "scored": scored, "data.root": cfg.data.root})
         run.log_metrics({f"{scored}/{k}": v for k, v in result.metrics.items()}, step=0)
         for path in files:
             run.log_artifact(path)
+        for path in gallery:
+            run.log_artifact(path, "errors")
     return result
 
 
@@ -64,6 +73,63 @@ def write_report(
     figure = out / "confusion_matrix.png"
     plot_confusion(result.confusion, events, scored, figure)
     return [*paths.values(), figure]
+
+
+def most_confident_mistakes(
+    probabilities: torch.Tensor, labels: np.ndarray, per_pair: int = GALLERY_WINDOWS
+) -> dict[tuple[int, int], list[int]]:
+    """For each confused pair (true a, predicted b), in that order, the windows of a predicted
+    as b with the highest probability of b, at most `per_pair`: the most confident mistakes
+    first, ties in window order, the same on every run."""
+    predicted = probabilities.argmax(1).numpy()
+    confidence = probabilities.max(1).values.numpy()
+    chosen: dict[tuple[int, int], list[int]] = {}
+    for i in np.argsort(-confidence, kind="stable"):
+        pair = (int(labels[i]), int(predicted[i]))
+        if pair[0] != pair[1] and len(chosen.setdefault(pair, [])) < per_pair:
+            chosen[pair].append(int(i))
+    return dict(sorted(chosen.items()))
+
+
+def write_gallery(
+    probabilities: torch.Tensor, dataset: WindowDataset, events: list[str], out: Path
+) -> list[Path]:
+    """errors/<true>_as_<predicted>.png for each confused pair: its most confident mistakes
+    as frame strips, each labelled with its video, first frame and probabilities."""
+    labels = dataset.index.labels
+    chosen = most_confident_mistakes(probabilities, labels)
+    if not chosen:
+        log.info("error gallery: no misclassified window, nothing to draw")
+        return []
+    predicted = probabilities.argmax(1).numpy()
+    paths = []
+    for (true, wrong), windows in chosen.items():
+        total = int(((labels == true) & (predicted == wrong)).sum())
+        captions = [
+            "{} {}: ".format(*window_source(dataset, i))
+            + "  ".join(
+                f"{e} {p:.2f}" for e, p in zip(events, probabilities[i].tolist(), strict=True)
+            )
+            for i in windows
+        ]
+        figure = gallery_figure(
+            [dataset[i][0].numpy() for i in windows],
+            captions,
+            f"true {events[true]}, predicted {events[wrong]}: "
+            f"{len(windows)} of {total} windows, the most confident first",
+        )
+        name = f"{metric_name(events[true])}_as_{metric_name(events[wrong])}.png"
+        paths.append(save(figure, out / name))
+    log.info("error gallery: %d confused pairs drawn in %s", len(paths), out)
+    return paths
+
+
+def window_source(dataset: WindowDataset, i: int) -> tuple[str, str]:
+    """Window i's video (action/video, as under the split's folder) and its first frame."""
+    video, start = (int(x) for x in dataset.index.windows[i])
+    frames = dataset.index.videos[video]
+    folder = Path(frames.folder)
+    return str(folder.relative_to(folder.parents[1])), frames.names[start]
 
 
 def video_accuracy(probabilities: torch.Tensor, dataset: WindowDataset) -> tuple[float, int]:
@@ -103,18 +169,15 @@ def report_table(result: Evaluation, events: list[str], video_acc: float, videos
 def write_predictions(
     path: Path, probabilities: torch.Tensor, dataset: WindowDataset, events: list[str]
 ) -> None:
-    index = dataset.index
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["video", "first_frame", "true", "predicted", *(f"p_{e}" for e in events)])
-        for (video, start), label, probs in zip(
-            index.windows, index.labels, probabilities.tolist(), strict=True
+        for i, (label, probs) in enumerate(
+            zip(dataset.index.labels, probabilities.tolist(), strict=True)
         ):
-            frames = index.videos[video]
             writer.writerow(
                 [
-                    str(Path(frames.folder).relative_to(Path(frames.folder).parents[1])),
-                    frames.names[start],
+                    *window_source(dataset, i),
                     events[label],
                     events[max(range(len(probs)), key=probs.__getitem__)],
                     *(f"{p:.6f}" for p in probs),

@@ -13,11 +13,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import statistics
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tennis_exp.tracking.plots import CONFUSION_FILE, confusions_figure, save
 from tennis_exp.tracking.runs import OVERRIDES_TAG
 
 # Row fields and their headers, in the table's order; each class's test recall follows SCORES.
@@ -258,7 +261,8 @@ def best_row(rows: list[Row]) -> Row | None:
 
 
 def plot(client, runs, rows: list[Row], out_dir: Path) -> list[Path]:
-    """speedup.png (measured against linear) and val_macro_f1.png (per epoch, per job)."""
+    """speedup.png (measured against linear), val_macro_f1.png (per epoch, per job), and
+    confusions.png (each job's test confusion matrix side by side), study.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -309,8 +313,30 @@ def plot(client, runs, rows: list[Row], out_dir: Path) -> list[Path]:
     paths.append(out_dir / "val_macro_f1.png")
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
+    confusions = test_confusions(client, rows)
+    if confusions:
+        title = "test confusion matrices (row-normalised: recall on the diagonal)"
+        paths.append(save(confusions_figure(confusions, title), out_dir / "confusions.png"))
     study = plot_study(rows, out_dir / "study.png")
     return [*paths, study] if study else paths
+
+
+def test_confusions(client, rows: list[Row]) -> list[tuple[str, list[list[int]], list[str]]]:
+    """(job, test confusion counts, class names) of each row whose run logged its counts (a
+    job that failed before its test step did not), named by its swept values."""
+    # A download would draw a progress bar on stderr, per job, under the sweep's table.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    found = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in rows:
+            if CONFUSION_FILE not in {a.path for a in client.list_artifacts(row.run_id)}:
+                continue
+            saved = json.loads(
+                Path(client.download_artifacts(row.run_id, CONFUSION_FILE, tmp)).read_text()
+            )
+            name = "\n".join(f"{k}={v}" for k, v in row.swept.items()) or row.run
+            found.append((name, saved["counts"], saved["events"]))
+    return found
 
 
 def _number(value: str | None) -> float | None:

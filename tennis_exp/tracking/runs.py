@@ -201,6 +201,18 @@ class Run:
             values=len(items),
         )
 
+    def history(self, keys, last_step: int) -> dict[str, list[tuple[int, float]]]:
+        """Each metric's (step, value) pairs up to `last_step`, by step; a step logged twice
+        (epochs trained again after a resume from best.pth) keeps its latest value."""
+        out = {}
+        for key in keys:
+            logged = sorted(
+                self.client.get_metric_history(self.run_id, key), key=lambda m: m.timestamp
+            )
+            latest = {m.step: m.value for m in logged if m.step <= last_step}
+            out[key] = sorted(latest.items())
+        return out
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         name = f"{artifact_path}/{path.name}" if artifact_path else path.name
         self.calls.call(f"artifact {name}", lambda: self._upload(path, artifact_path))

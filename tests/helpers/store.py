@@ -10,7 +10,16 @@ from mlflow.tracking import MlflowClient
 
 EXPERIMENT = "tennis_4event"
 # What a run logs per epoch, and its test scores: a resumed run must log them bit for bit.
-CURVES = ["train/loss", "train/acc", "val/loss", "val/macro_f1", "lr", "test/macro_f1", "test/loss"]
+CURVES = [
+    "train/loss",
+    "train/acc",
+    "train/macro_f1",
+    "val/loss",
+    "val/macro_f1",
+    "lr",
+    "test/macro_f1",
+    "test/loss",
+]
 
 
 def sqlite_uri(folder: Path, name: str = "mlflow.db") -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tennis_exp.engine.metrics import classification_metrics, confusion_matrix, plot_confusion
+from tennis_exp.engine.metrics import classification_metrics, confusion_matrix
 
 NAMES = ["Smash", "Net Play", "Rally", "Serve"]
 
@@ -36,8 +36,3 @@ def test_a_never_predicted_class_scores_zero():
     assert m["f1_b"] == 0.0
     assert m["f1_a"] == pytest.approx(2 * 0.5 * 1 / 1.5)
     assert m["macro_f1"] == pytest.approx(m["f1_a"] / 2)
-
-
-def test_confusion_plot_is_a_png(tmp_path):
-    plot_confusion(torch.eye(4, dtype=torch.long) * 3, NAMES, "test", tmp_path / "cm.png")
-    assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
