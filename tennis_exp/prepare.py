@@ -18,9 +18,15 @@ register_configs()
 def run(cfg: DictConfig) -> None:
     try:
         validate_prepare(cfg)
-        from tennis_exp.data.prepare import prepare  # PyAV loads once the config is good
+        # PyAV loads once the config is good.
+        if cfg.matches:
+            from tennis_exp.data.matches import prepare_matches
 
-        prepare(cfg)
+            prepare_matches(cfg)
+        else:
+            from tennis_exp.data.prepare import prepare
+
+            prepare(cfg)
     except Exception as err:
         # Raised, it would also print Hydra's "Error executing job" line: the command reports
         # it in one line instead.

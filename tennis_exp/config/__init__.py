@@ -19,10 +19,17 @@ from tennis_exp.config.commands import (
     validate_predict,
     validate_prepare,
 )
-from tennis_exp.config.datasets import BADMINTON_ACTIONS, THETIS_ACTIONS, THETIS_EXCLUDED
+from tennis_exp.config.datasets import (
+    BADMINTON_ACTIONS,
+    IDLE_ACTION,
+    THETIS_ACTIONS,
+    THETIS_EXCLUDED,
+    with_background,
+)
 from tennis_exp.config.registration import register_configs
 from tennis_exp.config.runtime import shows_progress_bar, usable_cpus
 from tennis_exp.config.schema import (
+    BACKGROUND,
     EVENTS,
     Accelerator,
     Augment,
@@ -48,7 +55,9 @@ from tennis_exp.config.validation import feature_cache_blocker, uses_feature_cac
 
 __all__ = [
     "BADMINTON_ACTIONS",
+    "BACKGROUND",
     "EVENTS",
+    "IDLE_ACTION",
     "THETIS_ACTIONS",
     "THETIS_EXCLUDED",
     "Accelerator",
@@ -83,5 +92,6 @@ __all__ = [
     "uses_feature_cache",
     "validate",
     "validate_predict",
+    "with_background",
     "validate_prepare",
 ]

@@ -67,6 +67,10 @@ class PrepareConfig:
     progress_bar: bool | None = None
     # How the videos are split into train, val and test.
     split: SplitConfig = field(default_factory=SplitConfig)
+    # videos= holds labelled whole matches (<match>.avi, its truth <match>.segments.csv beside
+    # it): each event segment and each stretch outside them (idle) becomes a clip folder, split
+    # by match, what data=matches reads (tennis_exp/data/matches.py).
+    matches: bool = False
 
 
 def validate_prepare(cfg: DictConfig) -> None:
@@ -109,9 +113,10 @@ class PredictOptions:
     batch: int = 64
     # Seconds: the width of the centred moving average over the windows' probabilities; 0: none.
     smoothing: float = 1.0
-    # A window whose best smoothed probability is below this speaks for no event (idle play: the
-    # model has no class for it).
-    min_confidence: float = 0.5
+    # A window whose best smoothed probability is below this speaks for no event. null: 0.5 for
+    # a model without a background class (its only way to find idle play), none for a model with
+    # one (data.background: no event is the model's own answer).
+    min_confidence: float | None = None
     # Seconds: shorter gaps between two segments of one event are closed, then shorter segments
     # are dropped.
     min_duration: float = 1.0
@@ -143,7 +148,12 @@ def validate_predict(cfg: DictConfig) -> None:
         ("fps", p.fps, p.fps is None or p.fps > 0, "> 0, or null for every frame"),
         ("batch", p.batch, p.batch >= 1, "an integer >= 1"),
         ("smoothing", p.smoothing, p.smoothing >= 0, ">= 0 (seconds; 0 for none)"),
-        ("min_confidence", p.min_confidence, 0 <= p.min_confidence <= 1, "in [0, 1]"),
+        (
+            "min_confidence",
+            p.min_confidence,
+            p.min_confidence is None or 0 <= p.min_confidence <= 1,
+            "in [0, 1], or null",
+        ),
         ("min_duration", p.min_duration, p.min_duration >= 0, ">= 0 (seconds)"),
     ]
     for key, value, valid, rule in checks:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+
+from tennis_exp.config.schema import BACKGROUND
 
 # The config folder every command's `@hydra.main(config_path="../conf")` reads.
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -23,3 +25,16 @@ def _data_group(name: str) -> tuple[dict[str, str], list[str]]:
 THETIS_ACTIONS, THETIS_EXCLUDED = _data_group("thetis")
 # The users' badminton stroke folders (ShuttleSet) and their events.
 BADMINTON_ACTIONS, _ = _data_group("badminton")
+
+# The action folder of idle play, mapped to the background class when data.background is on.
+IDLE_ACTION = "idle"
+
+
+def with_background(data: DictConfig) -> None:
+    """data.background on: the background class after the events, the idle folder mapped to it
+    (once: a checkpoint's config already holds them)."""
+    if not data.background:
+        return
+    if BACKGROUND not in data.events:
+        data.events = [*data.events, BACKGROUND]
+    data.actions = {**data.actions, IDLE_ACTION: BACKGROUND}

@@ -13,6 +13,8 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 EVENTS = ["Smash", "Net Play", "Rally", "Serve"]
+# The class data.background adds: a moment of no event (idle play, the time between points).
+BACKGROUND = "No event"
 
 
 class Strategy(Enum):
@@ -137,6 +139,10 @@ class DataConfig:
     device_cache: Any = "auto"
     # Training augmentation, applied to each batch on its device.
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Add the class "No event" after data.events, learned from the action folder `idle` (clips
+    # of idle play: the synthetic twin renders them, prepare cuts them from labelled matches);
+    # predict then takes no-event stretches from the model.
+    background: bool = False
     # Ablation: permute the frames of every window, which destroys temporal order.
     shuffle_frames: bool = False
     # Use only the first N videos (sorted by name) of every action folder: a quick look at

@@ -7,6 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from tennis_exp.config.datasets import with_background
 from tennis_exp.config.schema import Augment, Strategy
 from tennis_exp.errors import UserError
 
@@ -106,6 +107,8 @@ def validate(cfg: DictConfig) -> None:
     does not go with another."""
     if OmegaConf.is_missing(cfg.data, "root"):
         raise UserError("data.root is not set: pass data.root=<folder holding train/ val/ test/>")
+    # Its class and folder first: the checks below and the whole run see them.
+    with_background(cfg.data)
     _validate_ranges(cfg)
     _validate_class_weights(cfg.training.class_weights, list(cfg.data.events))
     _validate_mapping(cfg.data)

@@ -142,6 +142,7 @@ def _dataset_root(data_cfg) -> Path:
             seed=synthetic.seed,
             image_size=data_cfg.image_size,
             sport=str(synthetic.sport),
+            background=data_cfg.background,
         )
     check_root(root)
     return root

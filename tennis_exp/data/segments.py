@@ -11,6 +11,8 @@ from pathlib import Path
 from tennis_exp.errors import UserError, first_line
 
 COLUMNS = ("start", "end", "event", "confidence")
+# A video's truth file beside it, or in a folder of them: <video name><suffix>.
+TRUTH_SUFFIXES = (".segments.csv", ".segments.json")
 
 
 @dataclass(frozen=True)
@@ -103,3 +105,21 @@ def _segment(row: dict, where: str, events: list[str]) -> Segment:
     if event not in events:
         raise UserError(f"{where}: unknown event {event!r}; the model's events: {events}")
     return Segment(start, end, event, confidence)
+
+
+def check_truth(segments: list[Segment], duration: float | None, frame: float, where: str) -> None:
+    """A truth that can label every moment of a video once: segments (sorted, as read_segments
+    returns them) that do not overlap and end within its `duration` (one `frame` of slack)."""
+    for before, after in zip(segments, segments[1:], strict=False):
+        if after.start < before.end:
+            raise UserError(
+                f"{where}: segments overlap: {_span(before)} and {_span(after)}; a moment holds "
+                "one event at most"
+            )
+    late = [s for s in segments if duration is not None and s.end > duration + frame]
+    if late:
+        raise UserError(f"{where}: {_span(late[0])} ends after the video's end ({duration:.3f} s)")
+
+
+def _span(segment: Segment) -> str:
+    return f"{segment.event} {segment.start:g}-{segment.end:g} s"

@@ -23,7 +23,12 @@ _MARKER = ".synthetic.json"
 
 
 def ensure_synthetic(
-    root: Path, preset: str, seed: int, image_size: int, sport: str = "tennis"
+    root: Path,
+    preset: str,
+    seed: int,
+    image_size: int,
+    sport: str = "tennis",
+    background: bool = False,
 ) -> bool:
     """Generate the dataset into `root` unless it already holds one made with the same settings.
 
@@ -41,6 +46,8 @@ def ensure_synthetic(
         "preset": preset,
         "seed": seed,
         "image_size": image_size,
+        # Only when on, so a twin made before it existed is not regenerated.
+        **({"background": True} if background else {}),
     }
     if read_marker(root / _MARKER) == settings:
         return False
@@ -61,7 +68,7 @@ def ensure_synthetic(
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=root.parent))
         try:
-            generate(tmp, preset, seed, image_size, sport)
+            generate(tmp, preset, seed, image_size, sport, background)
             _install(tmp, root, settings)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

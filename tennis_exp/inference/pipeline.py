@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from tennis_exp.config import validate_predict
+from tennis_exp.config import BACKGROUND, validate_predict
 from tennis_exp.data.segments import (
+    TRUTH_SUFFIXES,
     Segment,
     read_segments,
     write_segments_csv,
@@ -27,6 +28,7 @@ from tennis_exp.inference.detection_metrics import Scores
 from tennis_exp.inference.render import render
 from tennis_exp.inference.runner import Predictor, Progress, WindowProbabilities
 from tennis_exp.inference.segments import (
+    min_confidence,
     smooth,
     smoothing_width,
     speaking_bounds,
@@ -42,8 +44,6 @@ from tennis_exp.inference.trained_model import (
 )
 
 log = logging.getLogger(__name__)
-
-TRUTH_SUFFIXES = (".segments.csv", ".segments.json")
 
 
 @dataclass
@@ -83,10 +83,20 @@ def predict_videos(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
 def checked_inputs(cfg: DictConfig) -> tuple[list[Path], dict[str, list[Segment]] | None]:
     """The videos, each checked to be readable and at least a window long, and their truth."""
     videos = list_videos(Path(cfg.video).expanduser())
-    truths = read_truths(cfg.truth, videos, list(cfg.data.events)) if cfg.truth else None
+    truths = read_truths(cfg.truth, videos, scored_events(cfg)) if cfg.truth else None
     for video in videos:
         probe(video, cfg)
     return videos, truths
+
+
+def scored_events(cfg: DictConfig) -> list[str]:
+    """The model's events a segment can be: its classes but the background."""
+    return [event for event in cfg.data.events if event != BACKGROUND]
+
+
+def background_index(events: list[str]) -> int | None:
+    """The model's no-event class, if it has one."""
+    return events.index(BACKGROUND) if BACKGROUND in events else None
 
 
 def _frames_as_trained(cfg: DictConfig, ckpt) -> None:
@@ -179,9 +189,11 @@ def predict_video(
     if len(windows.probabilities) == 0:
         raise _short(video, windows.frames, fps, cfg.data.window)
     events = list(cfg.data.events)
+    background = background_index(events)
+    threshold = min_confidence(p.min_confidence, background)
     smoothed = smooth(windows.probabilities, smoothing_width(p.smoothing, p.stride / fps))
     bounds = speaking_bounds(windows.centres, windows.duration)
-    segments = to_segments(smoothed, bounds, events, p.min_confidence, p.min_duration)
+    segments = to_segments(smoothed, bounds, events, threshold, p.min_duration, background)
     log.info(
         "%s: %d segment(s); %d frames (%.1f s of video) in %.1f s: %.0f frames/s, %.1fx real time",
         video.name,
@@ -196,12 +208,12 @@ def predict_video(
     files = [
         write_segments_csv(out / "segments.csv", segments),
         write_segments_json(out / "segments.json", segments, video.name, windows.duration),
-        write_windows(out / "windows.csv", windows, smoothed, bounds, events, p.min_confidence),
+        write_windows(out / "windows.csv", windows, smoothed, bounds, events, threshold),
     ]
     title = f"{video.name}: {len(segments)} segment(s)"
     files.append(
         plot_timeline(out / "timeline.png", title, events, bounds, windows.probabilities,
-                      smoothed, segments, p.min_confidence, truth)
+                      smoothed, segments, threshold, truth)
     )  # fmt: skip
     if p.render:
         files.append(render(video, out / f"{video.stem}.events.mp4", segments, events))
@@ -211,7 +223,7 @@ def predict_video(
 def write_windows(path, windows, smoothed, bounds, events, min_confidence) -> Path:
     """Every window: its span, the stretch it speaks for, its raw and smoothed probabilities
     and the event it speaks for (empty: none)."""
-    labels = window_labels(smoothed, min_confidence)
+    labels = window_labels(smoothed, min_confidence, background_index(events))
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
@@ -231,7 +243,7 @@ def write_scores(
     path: Path, results: list[VideoResult], truths: dict[str, list[Segment]], cfg: DictConfig
 ) -> dict[str, float]:
     """The scores over all videos, and each video's, into `path`; return the former."""
-    events = list(cfg.data.events)
+    events = scored_events(cfg)
     pooled, per_video = Scores(events), {}
     for result in results:
         video = Scores(events)

@@ -7,9 +7,10 @@ hand over halfway between their centres, the first speaks from the video's start
 to its end. With a regular frame rate that is the hop (stride / fps) around each centre.
 
 The rule, with the `predict.*` keys: the probabilities are smoothed by a centred moving average
-(`smoothing` seconds wide); a window whose best smoothed probability is below `min_confidence`
-speaks for no event (idle play: the model has no class for it), else for its best event. Runs of
-windows with one event become segments; two segments of one event less than `min_duration`
+(`smoothing` seconds wide); a window whose best class is the background (a model trained with
+data.background) or whose best smoothed probability is below `min_confidence` (the only way a
+model without that class has to find idle play) speaks for no event, else for its best event.
+Runs of windows with one event become segments; two segments of one event less than `min_duration`
 apart are joined (a flicker or a pause inside a rally), then segments shorter than
 `min_duration` are dropped. A segment's confidence is its event's mean smoothed probability
 over its windows.
@@ -50,13 +51,26 @@ def smooth(probabilities: np.ndarray, width: int) -> np.ndarray:
     return (padded[high] - padded[low]) / (high - low)[:, None]
 
 
-def window_labels(smoothed: np.ndarray, min_confidence: float) -> np.ndarray:
-    """Each window's event index, or NONE where its best probability is below min_confidence."""
+def min_confidence(setting: float | None, background: int | None) -> float:
+    """predict.min_confidence; null: none for a model with a background class, else 0.5."""
+    if setting is not None:
+        return setting
+    return 0.0 if background is not None else 0.5
+
+
+def window_labels(
+    smoothed: np.ndarray, min_confidence: float, background: int | None = None
+) -> np.ndarray:
+    """Each window's event index, or NONE where its best class is `background` (the model's
+    no-event class, if it has one) or its best probability is below min_confidence."""
     smoothed = np.asarray(smoothed, dtype=float)
     if len(smoothed) == 0:
         return np.zeros(0, dtype=int)
     best = smoothed.argmax(1)
-    return np.where(smoothed.max(1) >= min_confidence, best, NONE)
+    no_event = smoothed.max(1) < min_confidence
+    if background is not None:
+        no_event |= best == background
+    return np.where(no_event, NONE, best)
 
 
 def runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
@@ -92,10 +106,11 @@ def to_segments(
     events: list[str],
     min_confidence: float,
     min_duration: float,
+    background: int | None = None,
 ) -> list[Segment]:
     """The module's rule: smoothed window probabilities [W, C] and their speaking bounds
     [W + 1] -> segments, in time order."""
-    labels = window_labels(smoothed, min_confidence)
+    labels = window_labels(smoothed, min_confidence, background)
     return [
         Segment(
             float(bounds[first]),

@@ -1,6 +1,7 @@
 """The timeline PNG: each event's smoothed probability over time (at the windows' centres,
-held over the stretch each window speaks for), the raw ones faint, min_confidence dashed, the
-predicted segments below and, when given, the true ones under them."""
+held over the stretch each window speaks for), the raw ones faint, min_confidence dashed (when
+it is one), the predicted segments below and, when given, the true ones under them: a band is
+play, a blank no play. A model's background class ("No event") is drawn grey."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tennis_exp.config import BACKGROUND
 from tennis_exp.data.segments import Segment
 
 # matplotlib's tab10, an event's colour wherever it is drawn (the rendered video too).
@@ -17,7 +19,12 @@ COLOURS = [
 ]  # fmt: skip
 
 
+_GREY = (127, 127, 127)
+
+
 def colour(events: list[str], event: str) -> tuple[int, int, int]:
+    if event == BACKGROUND:
+        return _GREY
     return COLOURS[events.index(event) % len(COLOURS)]
 
 
@@ -50,11 +57,12 @@ def plot_timeline(
         # One step per window, over the stretch it speaks for.
         prob_ax.stairs(raw[:, i], bounds, color=rgb, alpha=0.25, linewidth=0.8, baseline=None)
         prob_ax.stairs(smoothed[:, i], bounds, color=rgb, linewidth=1.6, label=event, baseline=None)
-    prob_ax.axhline(min_confidence, color="grey", linestyle="--", linewidth=0.8,
-                    label="min_confidence")  # fmt: skip
+    if min_confidence > 0:
+        prob_ax.axhline(min_confidence, color="grey", linestyle="--", linewidth=0.8,
+                        label="min_confidence")  # fmt: skip
     prob_ax.set(ylim=(0, 1.02), ylabel="probability", title=title)
     prob_ax.legend(loc="upper right", fontsize="small", ncol=len(events) + 1)
-    _bands(axes[1], segments, events, "predicted")
+    _bands(axes[1], segments, events, "predicted\n(blank: no play)")
     if truth is not None:
         _bands(axes[2], truth, events, "truth")
     axes[-1].set(xlim=(0, bounds[-1]), xlabel="time (s)")

@@ -14,6 +14,8 @@ from tennis_exp.synthetic.court import draw_court
 from tennis_exp.synthetic.motion import EVENT_TIMING, PLAYED_BACKWARDS, Play, simulate
 from tennis_exp.synthetic.player import PLAYER_H, draw_player
 
+_PAN = 3  # pixels an idle view pans at most, each way
+
 
 class Video(NamedTuple):
     """One planned clip: its folder name, THETIS action folder and frame count."""
@@ -33,6 +35,35 @@ def render_clip(
     event = cast.sport.looks_like[video.action]
     frames, _ = render_video(event, video.action, video.length, image_size, rng, cast)
     return frames
+
+
+def render_idle(
+    video: Video, split_index: int, index: int, seed: int, image_size: int, sport: str = "tennis"
+):
+    """An idle clip of the twin (data.background), as render_clip: the scene of a clip of a
+    random stroke, before it, held while the view pans (idle_frames), as a match's idle play."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed % 2**64, split_index, index]))
+    cast = cast_of(seed, sport)
+    action = str(rng.choice(list(cast.sport.actions)))
+    frames, _ = render_video(
+        cast.sport.actions[action], action, video.length, image_size, rng, cast
+    )
+    return idle_frames(frames[0], video.length, rng)
+
+
+def idle_frames(frame: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+    """`frame` held for `length` frames, the view panning slowly, with noise and flicker."""
+    size = frame.shape[0]
+    padded = np.pad(frame, ((_PAN, _PAN), (_PAN, _PAN), (0, 0)), mode="edge").astype(np.float32)
+    target = rng.integers(-_PAN, _PAN + 1, 2)
+    out = np.empty((length, *frame.shape), np.uint8)
+    for t in range(length):
+        dy, dx = np.round(target * t / max(length - 1, 1)).astype(int) + _PAN
+        view = padded[dy : dy + size, dx : dx + size]
+        flicker = 1 + 0.02 * rng.standard_normal()
+        noise = rng.uniform(-6, 6, view.shape).astype(np.float32)
+        out[t] = np.clip(view * flicker + noise, 0, 255).astype(np.uint8)
+    return out
 
 
 def render_video(

@@ -10,18 +10,20 @@ from pathlib import Path
 
 from PIL import Image
 
-from tennis_exp.config import usable_cpus
-from tennis_exp.synthetic.clip import render_clip
+from tennis_exp.config import IDLE_ACTION, usable_cpus
+from tennis_exp.synthetic.clip import render_clip, render_idle
 from tennis_exp.synthetic.plan import plan
 
 # Below this many frames a process pool costs more than it saves.
 POOL_MIN_FRAMES = 4000
 
 
-def generate(out: Path, preset: str, seed: int, image_size: int, sport: str) -> None:
-    """Render every video of the preset's plan into `out`."""
+def generate(
+    out: Path, preset: str, seed: int, image_size: int, sport: str, background: bool = False
+) -> None:
+    """Render every video of the preset's plan (with idle clips: `background`) into `out`."""
     tasks = []
-    for split_index, (split, videos) in enumerate(plan(preset, sport).items()):
+    for split_index, (split, videos) in enumerate(plan(preset, sport, background).items()):
         for index, video in enumerate(videos):
             (out / split / video.action).mkdir(parents=True, exist_ok=True)
             tasks.append((out / split, split_index, index, video, seed, image_size, sport))
@@ -44,7 +46,8 @@ def write_video(task: tuple) -> None:
     """One task of `generate`: (split folder, split index, index in the split, Video, seed,
     image size, sport)."""
     split_dir, split_index, index, video, seed, image_size, sport = task
-    frames = render_clip(video, split_index, index, seed, image_size, sport)
+    render = render_idle if video.action == IDLE_ACTION else render_clip
+    frames = render(video, split_index, index, seed, image_size, sport)
     folder = split_dir / video.action / video.name
     folder.mkdir()
     for t, frame in enumerate(frames, start=1):

@@ -9,9 +9,9 @@ segment is one clip of the synthetic twin (tennis_exp/synthetic/clip.py's `rende
 THETIS action of that event, 2-5 s long, rendered from its own random stream, distinct from
 every clip of the training data. The events come in shuffled rounds of all four, so each is
 about as frequent, and never twice in a row. Idle play (no event) 1-3 s long comes before the
-first, after the last and between 70% of the pairs. The twin has no idle clip, so idle play is
-built from its public pieces: the next clip's first frame, held while the camera pans slowly
-across it, with the clips' pixel noise and flicker: the scene without a stroke.
+first, after the last and between 70% of the pairs: the next clip's first frame, held while the
+camera pans slowly across it, with the clips' pixel noise and flicker (clip.py's idle_frames,
+which the twin's idle clips of data.background also show): the scene without a stroke.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 from tennis_exp.config import EVENTS, THETIS_ACTIONS
 from tennis_exp.data.segments import Segment, write_segments_csv
 from tennis_exp.data.video import VideoWriter
-from tennis_exp.synthetic.clip import Video, render_clip
+from tennis_exp.synthetic.clip import Video, idle_frames, render_clip
 from tennis_exp.synthetic.videos import bit_rate
 
 FPS = 25
@@ -36,7 +36,6 @@ _MATCH_STREAM = 1000
 _EVENT_SECONDS = (2.0, 5.0)
 _IDLE_SECONDS = (1.0, 3.0)
 _NO_IDLE = 0.3  # share of event pairs with no idle play between them
-_PAN = 3  # pixels the idle camera pans at most, each way
 
 
 class Part(NamedTuple):
@@ -89,7 +88,7 @@ def render_parts(parts: list[Part], match: int, seed: int, image_size: int) -> I
         if clip_index not in clips:
             clips = {clip_index: _clip(parts, clip_index, match, seed, image_size)}
         if part.event is None:
-            yield _idle(clips[clip_index][0], part.frames, rng)
+            yield idle_frames(clips[clip_index][0], part.frames, rng)
         else:
             yield clips[clip_index]
 
@@ -102,21 +101,6 @@ def _clip(parts: list[Part], index: int, match: int, seed: int, size: int) -> np
     part = parts[index]
     video = Video(f"match{match:03d}_{index:04d}_{part.action}", part.action, part.frames)
     return render_clip(video, _MATCH_STREAM + match, index, seed, size)
-
-
-def _idle(frame: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
-    """`frame` held for `length` frames, the view panning slowly, with noise and flicker."""
-    size = frame.shape[0]
-    padded = np.pad(frame, ((_PAN, _PAN), (_PAN, _PAN), (0, 0)), mode="edge").astype(np.float32)
-    target = rng.integers(-_PAN, _PAN + 1, 2)
-    out = np.empty((length, *frame.shape), np.uint8)
-    for t in range(length):
-        dy, dx = np.round(target * t / max(length - 1, 1)).astype(int) + _PAN
-        view = padded[dy : dy + size, dx : dx + size]
-        flicker = 1 + 0.02 * rng.standard_normal()
-        noise = rng.uniform(-6, 6, view.shape).astype(np.float32)
-        out[t] = np.clip(view * flicker + noise, 0, 255).astype(np.uint8)
-    return out
 
 
 def write_match(

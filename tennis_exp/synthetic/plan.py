@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tennis_exp.config import EVENTS
+from tennis_exp.config import EVENTS, IDLE_ACTION
 from tennis_exp.synthetic.clip import Video
 from tennis_exp.synthetic.sports import SPORTS
 
@@ -45,6 +45,19 @@ def _windows(length: int, stride: int) -> int:
     return (length - _WINDOW) // stride + 1 if length >= _WINDOW else 0
 
 
+def _lengths(windows: int, stride: int, lengths: tuple[int, int], rng) -> list[int]:
+    """Video lengths in the range that yield exactly `windows` windows in all."""
+    found = []
+    while windows > 0:
+        length = int(rng.integers(lengths[0], lengths[1] + 1))
+        if _windows(length, stride) >= windows:
+            # The last video is cut so the total is exact.
+            length = _WINDOW + (windows - 1) * stride + int(rng.integers(stride))
+        windows -= _windows(length, stride)
+        found.append(length)
+    return found
+
+
 def check_preset(preset: str) -> None:
     if preset not in _TARGETS:
         raise ValueError(f"unknown synthetic preset {preset!r}; valid: {sorted(_TARGETS)}")
@@ -56,11 +69,27 @@ def expected_windows(preset: str) -> dict[str, dict[str, int]]:
     return {split: dict(counts) for split, counts in _TARGETS[preset].items()}
 
 
-def plan(preset: str, sport: str = "tennis") -> dict[str, list[Video]]:
-    """split -> videos (name, action folder, frame count), including excluded and short ones."""
+def plan(preset: str, sport: str = "tennis", background: bool = False) -> dict[str, list[Video]]:
+    """split -> videos (name, action folder, frame count), including excluded and short ones;
+    with `background`, idle clips after them (the event clips stay as they are without)."""
     check_preset(preset)
     rng = np.random.default_rng([_PLAN_SEED, sorted(_TARGETS).index(preset)])
-    return {split: _split_plan(preset, split, SPORTS[sport], rng) for split in SPLITS}
+    planned = {split: _split_plan(preset, split, SPORTS[sport], rng) for split in SPLITS}
+    if background:
+        for split, windows in idle_windows(preset).items():
+            # A stream of its own: the event clips' plan does not change.
+            idle_rng = np.random.default_rng([_PLAN_SEED, sorted(_TARGETS).index(preset), 1,
+                                              SPLITS.index(split)])  # fmt: skip
+            lengths = _lengths(windows, _STRIDES[split], _LENGTHS[preset], idle_rng)
+            planned[split] += [
+                Video(f"i{i:04d}_{IDLE_ACTION}", IDLE_ACTION, n) for i, n in enumerate(lengths)
+            ]
+    return planned
+
+
+def idle_windows(preset: str) -> dict[str, int]:
+    """split -> idle windows of the twin with background: as many as an average event has."""
+    return {split: round(sum(c.values()) / len(c)) for split, c in _TARGETS[preset].items()}
 
 
 def _split_plan(preset: str, split: str, sport, rng: np.random.Generator) -> list[Video]:
@@ -72,13 +101,7 @@ def _split_plan(preset: str, split: str, sport, rng: np.random.Generator) -> lis
     for event in EVENTS:
         actions = [a for a, e in sport.actions.items() if e == event]
         offset = int(rng.integers(len(actions)))
-        remaining = _TARGETS[preset][split][event]
-        while remaining > 0:
-            length = int(rng.integers(low, high + 1))
-            if _windows(length, stride) >= remaining:
-                # The event's last video is cut so the event total is exact.
-                length = _WINDOW + (remaining - 1) * stride + int(rng.integers(stride))
-            remaining -= _windows(length, stride)
+        for length in _lengths(_TARGETS[preset][split][event], stride, (low, high), rng):
             videos.append((actions[(len(videos) + offset) % len(actions)], length))
     for action in excluded:
         videos += [(action, int(rng.integers(low, high + 1))) for _ in range(per_excluded)]

@@ -19,6 +19,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from tennis_exp.config import (
+    BACKGROUND,
+    EVENTS,
+    IDLE_ACTION,
     THETIS_ACTIONS,
     THETIS_EXCLUDED,
     DataConfig,
@@ -452,3 +455,20 @@ def test_a_dataset_without_an_action_mapping_is_one_line():
     cfg.data.actions = {}  # a new dataset's config that forgot its mapping
     with pytest.raises(UserError, match="data.actions is empty: map the action folders"):
         validate(cfg)
+
+
+def test_background_adds_its_class_and_the_idle_folder_once(tmp_path):
+    cfg = compose_config(["data=synthetic", "data.background=true"])
+    validate(cfg)
+    validate(cfg)  # a checkpoint's config already holds them: not added twice
+    assert list(cfg.data.events) == [*EVENTS, BACKGROUND]
+    assert cfg.data.actions[IDLE_ACTION] == BACKGROUND
+    layout = {"train": {"smash": [16], IDLE_ACTION: [24]}}
+    root = make_tree(tmp_path / "d", layout)
+    index = scan_split(root, "train", make_cfg(root, events=cfg.data.events,
+                                               actions=cfg.data.actions))  # fmt: skip
+    assert index.class_counts(cfg.data.events) == {**dict.fromkeys(EVENTS, 0), "Smash": 1,
+                                                   BACKGROUND: 2}  # fmt: skip
+    plain = compose_config(["data=synthetic"])
+    validate(plain)
+    assert list(plain.data.events) == EVENTS and IDLE_ACTION not in plain.data.actions

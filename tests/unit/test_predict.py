@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tennis_exp.config import BACKGROUND
 from tennis_exp.data.segments import (
     Segment,
     read_segments,
@@ -27,10 +28,12 @@ from tennis_exp.inference.detection_metrics import (
     iou,
     match_segments,
 )
+from tennis_exp.inference.pipeline import background_index, read_truths, scored_events
 from tennis_exp.inference.runner import Predictor, Progress
 from tennis_exp.inference.segments import (
     NONE,
     event_runs,
+    min_confidence,
     runs,
     smooth,
     smoothing_width,
@@ -75,6 +78,28 @@ def test_a_window_below_min_confidence_speaks_for_no_event():
     smoothed = np.array([[0.6, 0.4], [0.5, 0.5], [0.3, 0.2]])
     assert window_labels(smoothed, 0.5).tolist() == [0, 0, NONE]
     assert runs(np.array([0, 0, NONE, 1, 1, 0])) == [(0, 0, 1), (NONE, 2, 2), (1, 3, 4), (0, 5, 5)]
+
+
+def test_with_a_background_class_no_event_is_the_models_answer_the_threshold_an_option():
+    # columns: Smash, Net Play, No event
+    smoothed = np.array([[0.5, 0.1, 0.4], [0.2, 0.3, 0.5], [0.4, 0.35, 0.25]])
+    assert window_labels(smoothed, 0.0, background=2).tolist() == [0, NONE, 0]
+    assert window_labels(smoothed, 0.45, background=2).tolist() == [0, NONE, NONE]
+    assert min_confidence(None, 2) == 0 and min_confidence(None, None) == 0.5
+    assert min_confidence(0.3, 2) == 0.3
+    bounds = np.arange(4) * 0.5
+    segments = to_segments(smoothed, bounds, [A, B, BACKGROUND], 0.0, 0.0, background=2)
+    assert [(s.start, s.end, s.event) for s in segments] == [(0, 0.5, A), (1.0, 1.5, A)]
+
+
+def test_a_background_model_scores_and_reads_truth_on_its_events_only(tmp_path):
+    cfg = compose_config(["data=synthetic"])
+    cfg.data.events = [*EVENTS, BACKGROUND]
+    assert scored_events(cfg) == EVENTS and background_index(list(cfg.data.events)) == 4
+    truth = tmp_path / "m.segments.csv"
+    truth.write_text("start,end,event\n0,1,No event\n")
+    with pytest.raises(UserError, match="unknown event 'No event'"):
+        read_truths(str(truth), [tmp_path / "m.avi"], scored_events(cfg))
 
 
 @pytest.mark.parametrize(

@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import csv
 import random
+import shutil
 from collections import defaultdict
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
+from PIL import Image
 
-from tennis_exp.config import THETIS_ACTIONS, THETIS_EXCLUDED
+from tennis_exp.config import EVENTS, IDLE_ACTION, THETIS_ACTIONS, THETIS_EXCLUDED, PrepareConfig
+from tennis_exp.data.matches import prepare_matches, stretches
+from tennis_exp.data.segments import Segment, read_segments
 from tennis_exp.data.splits import SPLITS, VideoRef, assign, from_manifest, player_of
 from tennis_exp.data.video import VIDEO_SUFFIXES, VideoReader
 from tennis_exp.errors import UserError
+from tennis_exp.synthetic.match import write_match
 from tennis_exp.synthetic.videos import write_video, write_videos
 
 from ..helpers.videos import moving_square
@@ -206,3 +213,77 @@ def test_synthetic_videos_are_named_as_thetis(tmp_path):
     assert {player_of(n) for n in names} == {f"p{i}" for i in range(1, 7)}
     with VideoReader(written[0]) as video:
         assert (video.info.width, video.info.height) == (32, 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Labelled matches (prepare matches=true): the command itself in e2e/test_prepare.py.
+
+
+@pytest.fixture(scope="module")
+def matches(tmp_path_factory):
+    """Three short labelled synthetic matches, with their truth beside them."""
+    root = tmp_path_factory.mktemp("matches")
+    for match in range(3):
+        write_match(root, match, seconds=6, seed=5, image_size=32)
+    return root
+
+
+def matches_cfg(videos, out, **keys):
+    cfg = OmegaConf.structured(PrepareConfig(videos=str(videos), out=str(out), matches=True))
+    cfg.image_size, cfg.split.train, cfg.split.val, cfg.split.test = 32, 0.34, 0.33, 0.33
+    for key, value in keys.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+def test_the_stretches_of_a_match_are_its_segments_and_the_idle_time_around_them():
+    truth = [Segment(1, 3, "Smash"), Segment(3, 4, "Net Play"), Segment(6, 7, "Serve")]
+    assert stretches(truth) == [(0, IDLE_ACTION), (1, "smash"), (3, "net_play"),
+                                (4, IDLE_ACTION), (6, "serve"), (7, IDLE_ACTION)]  # fmt: skip
+    assert stretches([Segment(0, 2, "Rally")]) == [(0, "rally"), (2, IDLE_ACTION)]
+
+
+def test_matches_are_cut_into_clips_of_their_events_and_idle_play_one_split_each(matches, tmp_path):
+    out = tmp_path / "out"
+    prepare_matches(matches_cfg(matches, out))
+    with open(out / "manifest.csv") as f:
+        manifest = {row["video"]: row for row in csv.DictReader(f)}
+    assert sorted(row["split"] for row in manifest.values()) == sorted(SPLITS)
+    for name, row in manifest.items():
+        truth = read_segments(matches / f"{name}.segments.csv", EVENTS)
+        clips = sorted(out.glob(f"*/*/{name}_*"), key=lambda clip: clip.name)
+        assert {clip.parts[-3] for clip in clips} == {row["split"]}  # one split per match
+        folders = [clip.parent.name for clip in clips]
+        assert folders == [folder for _, folder in stretches(truth)]
+        frames = [len(list(clip.glob("*.jpg"))) for clip in clips]
+        assert sum(frames) == int(row["frames"])
+        # 25 fps: each clip holds its stretch's frames.
+        events = [n for n, folder in zip(frames, folders, strict=True) if folder != IDLE_ACTION]
+        assert events == [round(s.duration * 25) for s in truth]
+    with Image.open(next(out.glob("*/idle/*/frame_0001.jpg"))) as image:
+        assert image.size == (32, 32)
+    # A rerun of the same settings has nothing left to do.
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")}
+    prepare_matches(matches_cfg(matches, out))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")} == mtimes
+
+
+@pytest.mark.parametrize(
+    ("truth", "message"),
+    [
+        ("start,end,event\n1,3,Rally\n2.5,4,Serve\n",
+         r"segments overlap: Rally 1-3 s and Serve 2.5-4 s; a moment holds one event at most"),
+        ("start,end,event\n1,3,Lob\n", r"line 2: unknown event 'Lob'"),
+        ("start,end,event\n1,3,Rally\n5,60,Serve\n", r"Serve 5-60 s ends after the video's end"),
+        (None, r"match match_001.avi has no truth: label it in .*match_001.segments.csv"),
+    ],
+)  # fmt: skip
+def test_a_bad_truth_is_one_line_and_nothing_is_written(matches, tmp_path, truth, message):
+    videos = Path(shutil.copytree(matches, tmp_path / "videos"))
+    (videos / "match_001.segments.csv").unlink()
+    if truth is not None:
+        (videos / "match_001.segments.csv").write_text(truth)
+    with pytest.raises(UserError, match=message) as raised:
+        prepare_matches(matches_cfg(videos, tmp_path / "out"))
+    assert "\n" not in str(raised.value)
+    assert not (tmp_path / "out").exists()

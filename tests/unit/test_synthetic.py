@@ -15,15 +15,21 @@ import yaml
 from PIL import Image
 
 from tennis_exp import files
-from tennis_exp.config import BADMINTON_ACTIONS, EVENTS, THETIS_ACTIONS, THETIS_EXCLUDED
+from tennis_exp.config import (
+    BADMINTON_ACTIONS,
+    EVENTS,
+    IDLE_ACTION,
+    THETIS_ACTIONS,
+    THETIS_EXCLUDED,
+)
 from tennis_exp.data.synthetic import ensure_synthetic
 from tennis_exp.errors import UserError
 from tennis_exp.files import locked
 from tennis_exp.synthetic import generate
 from tennis_exp.synthetic.camera import Camera
 from tennis_exp.synthetic.cast import cast_of
-from tennis_exp.synthetic.clip import render_video
-from tennis_exp.synthetic.plan import expected_windows, plan
+from tennis_exp.synthetic.clip import render_clip, render_idle, render_video
+from tennis_exp.synthetic.plan import expected_windows, idle_windows, plan
 from tennis_exp.synthetic.sports import SPORTS as SPORT_TABLE
 
 SPLITS = ("train", "val", "test")
@@ -375,3 +381,49 @@ def test_a_shuttle_never_bounces_and_a_badminton_serve_is_dropped_not_tossed(see
     assert tennis_serve.max() > tennis_serve[0] + 0.02  # the toss rises from the hand
     for heights in (shuttle_rally, shuttle_serve):
         assert np.all(np.diff(heights) <= 1e-9) and heights.min() > 0  # only falls
+
+
+# ---------------------------------------------------------------------------------------------
+# The twin with idle clips (data.background).
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "full"])
+def test_background_adds_idle_clips_and_leaves_the_event_clips_as_they_were(preset):
+    without, with_idle = plan(preset), plan(preset, background=True)
+    idle = idle_windows(preset)
+    for split in SPLITS:
+        assert with_idle[split][: len(without[split])] == without[split]
+        added = with_idle[split][len(without[split]) :]
+        assert added and {v.action for v in added} == {IDLE_ACTION}
+        assert sum(windows(v.length, STRIDES[split]) for v in added) == idle[split]
+        events = expected_windows(preset)[split]
+        assert min(events.values()) <= idle[split] <= max(events.values())
+
+
+def test_an_idle_clip_holds_the_scene_an_event_clip_moves():
+    video = plan("tiny", background=True)["train"][-1]
+    frames = render_idle(video, 0, 0, 0, SIZE).astype(np.float32)
+    assert frames.shape == (video.length, SIZE, SIZE, 3)
+    assert np.array_equal(render_idle(video, 0, 0, 0, SIZE), frames.astype(np.uint8))
+    stroke = render_clip(plan("tiny")["train"][0], 0, 0, 0, SIZE).astype(np.float32)
+
+    def motion(clip):  # the mean change between consecutive frames
+        return float(np.abs(np.diff(clip, axis=0)).mean())
+
+    assert motion(frames) < motion(stroke)
+
+
+def test_the_twin_with_idle_clips_has_a_marker_of_its_own(tiny: Path, tmp_path: Path):
+    root = Path(shutil.copytree(tiny, tmp_path / "data"))
+    before = digest(tiny)
+    assert "background" not in json.loads((root / ".synthetic.json").read_text())
+    assert ensure_synthetic(root, "tiny", seed=0, image_size=SIZE, background=True)
+    assert json.loads((root / ".synthetic.json").read_text())["background"] is True
+    assert all((root / split / IDLE_ACTION).is_dir() for split in SPLITS)
+    after = digest(root)
+    # The event clips are the same bytes; only the idle clips are new.
+    assert {k: v for k, v in after.items() if f"/{IDLE_ACTION}/" not in k} == before
+    assert not ensure_synthetic(root, "tiny", seed=0, image_size=SIZE, background=True)
+    # Back without: regenerated, never the other twin's frames.
+    assert ensure_synthetic(root, "tiny", seed=0, image_size=SIZE)
+    assert digest(root) == before
