@@ -255,6 +255,13 @@ class TrackingConfig:
     uri: str | None = None
     # Log the best checkpoint to MLflow as an artifact.
     log_checkpoint: bool = True
+    # Log the best weights as the run's MLflow model at its end (models:/m-<id>, also
+    # runs:/<run id>/model): the weights alone, the config, the signature; evaluate, predict
+    # and transfer_from take its URI.
+    log_model: bool = True
+    # Register that model in MLflow's Model Registry: <name> (a new version; models:/<name>/<n>,
+    # models:/<name>/latest) or <name>@<alias> (the alias moves to it: models:/<name>@<alias>).
+    register_as: str | None = None
     # CPU, memory, per-GPU utilisation and memory as `system/` metrics; null: on for GPU runs.
     system_metrics: bool | None = None
     # When the store stops answering (a server gone, a locked SQLite file), training goes on

@@ -114,6 +114,23 @@ def validate(cfg: DictConfig) -> None:
     _validate_mapping(cfg.data)
     _validate_combinations(cfg)
     _validate_feature_cache(cfg)
+    _validate_models(cfg)
+
+
+def _validate_models(cfg: DictConfig) -> None:
+    """tracking.register_as's form; model.init_from's, and a model URI's presence in the store
+    (a dry run reads no store; a file is checked when it is read)."""
+    if cfg.tracking.register_as is None and not cfg.model.init_from:
+        return
+    from tennis_exp.tracking import models
+    from tennis_exp.tracking.runs import tracking_uri
+
+    if cfg.tracking.register_as is not None:
+        models.parse_register_as(cfg.tracking.register_as)
+    if cfg.model.init_from and not cfg.dry_run:
+        models.check_source(cfg.model.init_from, tracking_uri(cfg))
+    elif cfg.model.init_from:
+        models.parse(cfg.model.init_from)
 
 
 def _validate_ranges(cfg: DictConfig) -> None:
@@ -157,7 +174,12 @@ def _validate_combinations(cfg: DictConfig) -> None:
     if _follows_transfer_from(cfg) and cfg.transfer_from is None:
         raise UserError(
             "this transfer preset starts from another model: pass transfer_from=<its checkpoint> "
-            "(the tennis run's best.pth)"
+            "(the tennis run's best.pth, or a model URI: models:/<name>@<alias>, runs:/...)"
+        )
+    if cfg.tracking.register_as is not None and not cfg.tracking.log_model:
+        raise UserError(
+            f"tracking.register_as={cfg.tracking.register_as} registers the run's logged model: "
+            "set tracking.log_model=true, or tracking.register_as=null"
         )
     if cfg.model.unfreeze_at_epoch is not None and not cfg.model.freeze_backbone:
         raise UserError(

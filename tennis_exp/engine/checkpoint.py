@@ -40,6 +40,7 @@ class Checkpoint:
     mlflow_run_id: str | None = None
     mlflow_tracking_uri: str | None = None
     path: Path | None = None  # where it was read from
+    source: str | None = None  # the model URI it was resolved from (models:/..., runs:/...)
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,11 @@ class Checkpoint:
             payload.get("mlflow_tracking_uri"),
             path,
         )
+
+    @property
+    def name(self) -> str:
+        """How the user named it: its model URI, else its file."""
+        return self.source or str(self.path)
 
     @property
     def run_dir(self) -> Path:
@@ -97,27 +103,31 @@ def save(path: Path, checkpoint: Checkpoint) -> None:
         torch.save(checkpoint.payload(), tmp)
 
 
-def load(path: str | Path) -> Checkpoint:
-    """Read with `weights_only=True`; never falls back to unsafe unpickling."""
+def load(path: str | Path, source: str | None = None) -> Checkpoint:
+    """Read with `weights_only=True`; never falls back to unsafe unpickling. `source`: the
+    model URI the file was downloaded for, which messages name instead of the file."""
     path = Path(path)
+    name = source or path
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+        raise UserError(f"checkpoint {name} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower():
             raise UserError(
-                f"checkpoint {path} holds Python objects that weights-only loading refuses; "
+                f"checkpoint {name} holds Python objects that weights-only loading refuses; "
                 "it is not loaded unsafely: re-save it with tensors and plain types only"
             ) from None
-        raise UserError(f"checkpoint {path} is corrupt: {first_line(err)}") from None
+        raise UserError(f"checkpoint {name} is corrupt: {first_line(err)}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise UserError(
-            f"checkpoint {path} is truncated or not a PyTorch file: {first_line(err)}"
+            f"checkpoint {name} is truncated or not a PyTorch file: {first_line(err)}"
         ) from None
     if not isinstance(payload, dict):
-        raise UserError(f"checkpoint {path} holds a {type(payload).__name__}, not a dict")
-    return Checkpoint.from_payload(payload, path)
+        raise UserError(f"checkpoint {name} holds a {type(payload).__name__}, not a dict")
+    checkpoint = Checkpoint.from_payload(payload, path)
+    checkpoint.source = source
+    return checkpoint
 
 
 def load_resumable(target: str) -> Checkpoint:
@@ -150,7 +160,7 @@ def load_weights(model: nn.Module, source: Checkpoint | str | Path) -> Checkpoin
     )
     if missing or unexpected or mismatched:
         raise UserError(
-            f"checkpoint {checkpoint.path} does not fit this model (another architecture?): "
+            f"checkpoint {checkpoint.name} does not fit this model (another architecture?): "
             f"missing {_some(missing)}, unexpected {_some(unexpected)}, "
             f"shape mismatch {_some(mismatched)}"
         )

@@ -28,6 +28,7 @@ from tennis_exp.engine.objective import class_weights
 from tennis_exp.engine.resume import EPOCHS_TAG, resume_run
 from tennis_exp.engine.rng import seed_everything
 from tennis_exp.models.cnn_lstm import CNNLSTM, build_model
+from tennis_exp.tracking.models import load_checkpoint, log_model
 from tennis_exp.tracking.runs import (
     OVERRIDES_TAG,
     Run,
@@ -194,15 +195,17 @@ def fit_and_test(
         trainer = Trainer(job, dist, model, datasets, resume)
         trainer.fit()
         trainer.test()
+        if trainer.run and job.cfg.tracking.log_model:  # the process that logs, once
+            log_model(trainer.run, job.cfg, trainer.ckpt_dir / "best.pth", job.cfg.training.epochs)
         return trainer.state.best_f1
 
 
 def initial_model(cfg: DictConfig, resume: Checkpoint | None) -> CNNLSTM:
-    """The model with the weights it starts from: the resumed run's, `model.init_from`'s, or
-    the configured initial ones."""
+    """The model with the weights it starts from: the resumed run's, `model.init_from`'s (a
+    file or a model URI in the configured store), or the configured initial ones."""
     start = resume
     if start is None and cfg.model.init_from:
-        start = checkpoint.load(cfg.model.init_from)
+        start = load_checkpoint(cfg.model.init_from, tracking_uri(cfg))
     model = build_model(cfg.model, len(cfg.data.events), weights_follow=start is not None)
     if start is not None:
         checkpoint.load_weights(model, start)

@@ -13,14 +13,15 @@ from tennis_exp.config import Config, Strategy, from_container
 from tennis_exp.engine import checkpoint
 from tennis_exp.engine.hardware import RunPlan, plan_run
 from tennis_exp.models.cnn_lstm import CNNLSTM, build_model
+from tennis_exp.tracking.models import load_checkpoint
 from tennis_exp.tracking.runs import ensure_experiment, mlflow_run, tracking_uri
 
 
 def trained_model(cfg: DictConfig) -> tuple[CNNLSTM, checkpoint.Checkpoint]:
-    """The model in `cfg.checkpoint`, rebuilt from the checkpoint's own config when it holds
-    ours (else from cfg.model: the old script's files), with its weights; cfg.data.events
-    becomes the model's classes, in its order."""
-    ckpt = checkpoint.load(cfg.checkpoint)
+    """The model in `cfg.checkpoint` (a file or a model URI in the configured store), rebuilt
+    from the checkpoint's own config when it holds ours (else from cfg.model: the old script's
+    files), with its weights; cfg.data.events becomes the model's classes, in its order."""
+    ckpt = load_checkpoint(cfg.checkpoint, tracking_uri(cfg))
     trained = trained_config(ckpt)
     if trained is not None:
         cfg.data.events = list(trained.data.events)
@@ -48,7 +49,7 @@ def lineage(uri: str, ckpt: checkpoint.Checkpoint, role: str) -> tuple[dict[str,
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    tags = {"tennis_exp.role": role, "checkpoint": str(ckpt.path.resolve())}
+    tags = {"tennis_exp.role": role, "checkpoint": ckpt.source or str(ckpt.path.resolve())}
     if not ckpt.mlflow_run_id:
         return tags, None
     tags["trained_by_run"] = ckpt.mlflow_run_id
