@@ -5,7 +5,8 @@ second, against a bare loop that only decodes the same video to the model's fram
 the same reader: what is left to the model is the difference. Predict runs in this process
 through the function the command calls, with the default `predict.*` keys, on a checkpoint of
 the model with untrained weights (speed does not depend on them) and the config of the
-default training run: the small CNN on 64 px frames, on the CPU. `--gpu`: the users' baseline,
+default training run: the small CNN on 64 px frames, on the CPU (`--background`: with the
+no-event class of data.background). `--gpu`: the users' baseline,
 ResNet-50 and a 3-layer BiLSTM 512 on 224 px frames, `hardware=gpu1` (bf16 where supported).
 
 The video is a THETIS-like synthetic match (tennis_exp/synthetic/match.py): 640x480, 30 fps,
@@ -33,7 +34,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from bench.results import add_dirs, load, machine, publish
-from tennis_exp.config import register_configs
+from tennis_exp.config import register_configs, with_background
 from tennis_exp.data.video import VideoReader, VideoWriter
 from tennis_exp.engine import checkpoint
 from tennis_exp.inference.pipeline import predict_videos
@@ -66,6 +67,7 @@ def untrained_checkpoint(path: Path, overrides: list[str]) -> Path:
     """A checkpoint of the configured model with its initial weights and its config."""
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides)
+    with_background(cfg.data)  # as training's validate does
     model = build_model(cfg.model, len(cfg.data.events))
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     checkpoint.save(path, checkpoint.Checkpoint(model.state_dict(), config))
@@ -106,11 +108,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 20 s video, one repeat")
     parser.add_argument("--gpu", action="store_true", help="ResNet-50 at 224 px on GPU 0")
+    parser.add_argument(
+        "--background", action="store_true", help="a model with the no-event class (issue 25)"
+    )
     add_dirs(parser, "bench-predict", "the video")
     args = parser.parse_args(argv)
     seconds, repeats = (20, 1) if args.quick else (120, 3)
     register_configs()
     overrides, hardware = MODELS["gpu" if args.gpu else "cpu"]
+    overrides = [*overrides, *(["data.background=true"] if args.background else [])]
     size = 224 if args.gpu else 64
     video = ensure_video(args.data_dir.resolve() / f"match-{seconds}s.avi", seconds)
     with VideoReader(video) as reader:
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.cuda.get_device_name(0) if args.gpu else "CPU"
     model = (
         "ResNet-50 + BiLSTM 512 x 3, 224 px" if args.gpu else "small CNN + BiLSTM 128 x 2, 64 px"
-    )
+    ) + (", with the no-event class" if args.background else "")
     lines = [
         f"## predict: real-time factor, {started_at:%Y-%m-%d %H:%M %Z}",
         "",

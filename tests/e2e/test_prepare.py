@@ -12,9 +12,11 @@ import pytest
 from PIL import Image
 
 from tennis_exp.data.splits import SPLITS
+from tennis_exp.synthetic.match import write_match
 from tennis_exp.synthetic.videos import write_video, write_videos
 
-from ..helpers.commands import run_cli, run_quick_bench, table_rows
+from ..helpers.commands import run_cli, run_quick_bench, smoke_args, table_rows
+from ..helpers.store import sqlite_uri
 from ..helpers.videos import make_videos, moving_square
 
 
@@ -252,3 +254,48 @@ def test_the_prepare_bench_writes_a_number_in_every_row(tmp_path):
     rows = table_rows(text, "measurement")
     assert "| measurement |" in text and len(rows) == 8
     assert all(float(value) > 0 for _, value, _ in rows)
+
+
+@pytest.mark.slow
+def test_labelled_matches_prepare_train_and_predict_with_their_truth(tmp_path):
+    """Matches -> clips of each event and of idle play, split by match -> a model with the
+    background class -> predict on the test match, scored against its truth."""
+    matches = tmp_path / "matches"
+    for match in range(4):
+        write_match(matches, match, seconds=8, seed=3, image_size=32)
+    bad = Path(shutil.copytree(matches, tmp_path / "bad"))
+    (bad / "match_002.segments.csv").write_text("start,end,event\n1,3,Rally\n2,4,Serve\n")
+    line = one_line_error(prepare([f"videos={bad}", f"out={tmp_path / 'no'}", "matches=true"],
+                                  tmp_path))  # fmt: skip
+    assert "match_002.segments.csv: segments overlap: Rally 1-3 s and Serve 2-4 s" in line
+    assert not (tmp_path / "no").exists()
+
+    frames = tmp_path / "frames"
+    split = ["split.train=0.5", "split.val=0.25", "split.test=0.25"]
+    run = prepare([f"videos={matches}", f"out={frames}", "matches=true", "image_size=32", *split],
+                  tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    [test_match] = [r["video"] for r in manifest_rows(frames) if r["split"] == "test"]
+    assert {p.name for p in (frames / "train").iterdir()} >= {"idle", "rally"}
+
+    args = smoke_args(frames, tmp_path, "data=matches", "hardware=cpu",
+                      f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    trained = run_cli(args, tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "No event" in trained.stdout  # the class counts of every split
+    out = run_cli(
+        [f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'best.pth'}",
+         f"video={matches / f'{test_match}.avi'}", f"truth={matches}", "hardware=cpu",
+         f"tracking.uri={sqlite_uri(tmp_path)}", f"hydra.run.dir={tmp_path / 'p'}"],
+        tmp_path, module="tennis_exp.predict",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Scores against the truth (1 video(s)" in out.stdout
+    with open(tmp_path / "p" / test_match / "windows.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and "p_No event" in rows[0]
+    # No event is the model's answer: a window says no event exactly where it is the best class.
+    for row in rows:
+        smoothed = {k: float(v) for k, v in row.items() if k.startswith("smoothed_")}
+        best = max(smoothed, key=smoothed.get)
+        assert (row["event"] == "") == (best == "smoothed_No event")
