@@ -23,7 +23,9 @@ class Split(Enum):
 class EvaluateConfig(Config):
     """`python -m tennis_exp.evaluate`: the run's config, and what to score with what."""
 
-    # Ours (best.pth, last.pth) or the old script's best_model.pth, with or without `module.`.
+    # Ours (best.pth, last.pth) or the old script's best_model.pth, with or without `module.`;
+    # or a model in the MLflow store: models:/<name>@<alias>, models:/<name>/<version>,
+    # runs:/<run id>/<path>.
     checkpoint: str = MISSING
     # The split of data.root to score.
     split: Split = Split.test
@@ -128,7 +130,8 @@ class PredictOptions:
 class PredictConfig(Config):
     """`python -m tennis_exp.predict`: the run's config, the model and the videos to read."""
 
-    # Ours (best.pth, last.pth) or the old script's best_model.pth.
+    # Ours (best.pth, last.pth) or the old script's best_model.pth; or a model in the MLflow
+    # store: models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/<path>.
     checkpoint: str = MISSING
     # A video file, or a folder of them (.avi, .mp4, .mov, .mkv; not searched recursively).
     video: str = MISSING

@@ -186,7 +186,8 @@ class ModelConfig:
     head_dropout: float | None = None
     # The width of the head's hidden layer.
     head_hidden: int = 128
-    # Start from a checkpoint (ours or the old script's best_model.pth).
+    # Start from a checkpoint (ours or the old script's best_model.pth), or a model in the
+    # MLflow store: models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/<path>.
     init_from: str | None = None
     # Staged unfreezing: a frozen backbone trains from this epoch on (no feature cache).
     unfreeze_at_epoch: int | None = None
@@ -283,7 +284,8 @@ class Config:
     # Continue an interrupted run: its output directory or a checkpoint (last.pth).
     resume: str | None = None
     # The checkpoint a transfer preset starts from (experiment=badminton_frozen, ...: their
-    # model.init_from follows it); a sweep over presets passes it once for all of them.
+    # model.init_from follows it), a file or a model URI (models:/<name>@<alias>, runs:/...);
+    # a sweep over presets passes it once for all of them.
     transfer_from: str | None = None
     # The network: a per-frame CNN, a bidirectional LSTM over the window, a classifier head.
     model: ModelConfig = field(default_factory=ModelConfig)
