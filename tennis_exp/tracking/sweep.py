@@ -210,6 +210,8 @@ class SweepTracking(Callback):
         optuna_results = sweep_dir / "optimization_results.yaml"  # hparams_search's sampler's
         for path in [*paths, optuna_results] if optuna_results.is_file() else paths:
             client.log_artifact(parent_id, str(path))
+        for plot in sorted((sweep_dir / "optuna").glob("*.png")):  # the search's study plots
+            client.log_artifact(parent_id, str(plot), "optuna")
         log.info("Sweep of %d job(s):\n%s", len(rows), to_text(rows))
         log_best(client, parent_id, rows)
         uri = tracking_uri(config)
