@@ -1,6 +1,7 @@
-"""Every picture the package draws, with matplotlib's Agg backend: a confusion matrix, a run's
-curves per epoch, the error gallery of an evaluation, and a sweep's confusions side by side.
-Each `*_figure` builds a Figure (tests read its axes); `save` writes it whole or not at all."""
+"""Every picture the package draws, with matplotlib (rendered by Agg, no display needed): a
+confusion matrix, a run's curves per epoch, the error gallery of an evaluation, and a sweep's
+confusions side by side. Each `*_figure` builds a Figure (tests read its axes); `save` writes
+it whole or not at all."""
 
 from __future__ import annotations
 
@@ -29,15 +30,13 @@ CONFUSION_FILE = "confusion_matrix.json"
 GALLERY_FRAMES = 6
 
 
-def _pyplot():
-    """pyplot on the Agg backend, imported on first use: a run that draws nothing yet (its
-    first epoch) does not pay for it at startup."""
-    import matplotlib
+def _figure(figsize: tuple[float, float], **kwargs) -> Figure:
+    """A figure of its own, outside pyplot (no global registry to close it in, nothing shown
+    on screen; savefig renders with Agg), imported on first use: a run does not pay for
+    matplotlib at startup."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize, **kwargs)
 
 
 def save(fig: Figure, path: Path, dpi: int = 100) -> Path:
@@ -45,7 +44,6 @@ def save(fig: Figure, path: Path, dpi: int = 100) -> Path:
     next epoch's rewrite, never sees half a file)."""
     with atomic_write(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-    _pyplot().close(fig)
     return path
 
 
@@ -74,7 +72,8 @@ def _row_shares(cm: np.ndarray) -> np.ndarray:
 def confusion_figure(cm, class_names: Sequence[str], title: str) -> Figure:
     """Counts, and the row-normalised matrix."""
     counts = np.asarray(cm, dtype=np.int64)
-    fig, axes = _pyplot().subplots(1, 2, figsize=(10, 4.5))
+    fig = _figure((10, 4.5))
+    axes = fig.subplots(1, 2)
     _confusion_axes(axes[0], counts, class_names, "{:d}", f"{title}: counts")
     _confusion_axes(axes[1], _row_shares(counts), class_names, "{:.2f}", f"{title}: row-normalised")
     fig.tight_layout()
@@ -88,7 +87,8 @@ def plot_confusion(cm, class_names: Sequence[str], title: str, path: Path) -> Pa
 def curves_figure(history: dict[str, list[tuple[int, float]]]) -> Figure:
     """Loss, macro-F1 and LR per epoch, a panel each; `history` holds each metric's (epoch,
     value) pairs (a metric not logged, as a train macro-F1 from before it was, is left out)."""
-    fig, axes = _pyplot().subplots(1, len(CURVE_PANELS), figsize=(13, 3.8))
+    fig = _figure((13, 3.8))
+    axes = fig.subplots(1, len(CURVE_PANELS))
     for ax, (title, lines, log_scale) in zip(axes, CURVE_PANELS, strict=True):
         for key, label in lines:
             points = sorted(history.get(key, []))
@@ -100,7 +100,7 @@ def curves_figure(history: dict[str, list[tuple[int, float]]]) -> Figure:
             ax.set_yscale("log")
         if len(lines) > 1 and ax.lines:
             ax.legend(fontsize=8)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.get_major_locator().set_params(integer=True, min_n_ticks=1)  # epochs
     fig.tight_layout()
     return fig
 
@@ -114,9 +114,8 @@ def gallery_figure(
     """A row per window: `frames` of its frames evenly spread over it (uint8 [T, 3, H, W]),
     the row captioned (the window's video, first frame and probabilities)."""
     rows = len(clips)
-    fig, axes = _pyplot().subplots(
-        rows, frames, figsize=(1.6 * frames, 1.9 * rows + 0.4), squeeze=False
-    )
+    fig = _figure((1.6 * frames, 1.9 * rows + 0.4))
+    axes = fig.subplots(rows, frames, squeeze=False)
     for row, (clip, caption) in enumerate(zip(clips, captions, strict=True)):
         picked = np.linspace(0, len(clip) - 1, frames).round().astype(int)
         for col, t in enumerate(picked):
@@ -142,13 +141,9 @@ def confusions_figure(
     side, up to four a row."""
     per_row = min(4, len(confusions))
     rows = -(-len(confusions) // per_row)
-    fig, axes = _pyplot().subplots(
-        rows,
-        per_row,
-        figsize=(3.6 * per_row, 4.2 * rows + 0.4),
-        squeeze=False,
-        layout="constrained",  # room for two-line titles and the figure's own
-    )
+    # Constrained layout: room for two-line titles and the figure's own.
+    fig = _figure((3.6 * per_row, 4.2 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, per_row, squeeze=False)
     for ax, (name, cm, class_names) in zip(axes.flat, confusions, strict=False):
         counts = np.asarray(cm, dtype=np.int64)
         _confusion_axes(ax, _row_shares(counts), class_names, "{:.2f}", name)

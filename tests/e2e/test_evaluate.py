@@ -1,5 +1,6 @@
 """`python -m tennis_exp.evaluate`: any checkpoint on any split or folder, the same numbers as
-the training run's test step, the users' report and more, one line for every mistake."""
+the training run's test step, the users' report, its error gallery, and more; one line for
+every mistake."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import shutil
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from tennis_exp.inference.split_report import GALLERY_WINDOWS
 
 from ..helpers.commands import run_cli, smoke_args
 from ..helpers.store import copy_store, runs_of, sqlite_uri
@@ -78,6 +82,30 @@ def test_the_evaluation_is_the_training_runs_test_step(tiny_twin, trained, tmp_p
     assert 0 <= report["video_acc"] <= 1
     artifacts = {a.path for a in client.list_artifacts(evaluation.info.run_id)}
     assert {"report.txt", "report.json", "predictions.csv", "confusion_matrix.png"} <= artifacts
+    _check_gallery(rows, tmp_path / "eval" / "errors", client, evaluation.info.run_id)
+    # The training run's own pictures and numbers: its curves and its test confusion counts.
+    counts = json.loads((trained / "run" / "confusion_matrix.json").read_text())["counts"]
+    assert sum(map(sum, counts)) == len(rows) and sum(counts[i][i] for i in range(4)) == correct
+    assert Image.open(trained / "run" / "curves.png").size == (1300, 380)
+    logged = {a.path for a in client.list_artifacts(training.info.run_id)}
+    assert {"curves.png", "confusion_matrix.json", "confusion_matrix.png"} <= logged
+
+
+def _check_gallery(rows, folder, client, run_id):
+    """A picture per confused pair of predictions.csv, a strip per window shown (at most
+    GALLERY_WINDOWS), in the folder and the evaluation's MLflow run."""
+    pairs = {}
+    for row in rows:
+        if row["true"] != row["predicted"]:
+            pair = f"{row['true']}_as_{row['predicted']}".lower().replace(" ", "_")
+            pairs[pair] = pairs.get(pair, 0) + 1
+    assert pairs, "the smoke model gets some window wrong"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{p}.png" for p in pairs)
+    for pair, wrong in pairs.items():
+        strips = min(wrong, GALLERY_WINDOWS)
+        assert Image.open(folder / f"{pair}.png").size == (960, round(190 * strips + 40)), pair
+    logged = {a.path for a in client.list_artifacts(run_id, "errors")}
+    assert logged == {f"errors/{p}.png" for p in pairs}
 
 
 @pytest.mark.parametrize("prefix", ["", "module."])

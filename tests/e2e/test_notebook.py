@@ -1,9 +1,10 @@
 """notebooks/colab.ipynb runs headlessly, as CI runs it: off Colab its flag skips Drive and the
 install and uses synthetic videos and smoke settings; every cell runs in a fresh kernel in a
-temporary directory, and what it leaves on "Drive" is checked."""
+temporary directory; what it leaves on "Drive" and the pictures it shows are checked."""
 
 from __future__ import annotations
 
+import base64
 import os
 
 import pytest
@@ -41,3 +42,13 @@ def test_the_colab_notebook_runs_end_to_end_off_colab(tmp_path, monkeypatch):
     [shown] = [c for c in notebook.cells if "results" in c.metadata.get("tags", [])]
     results = "".join(output.get("text", "") for output in shown.outputs)
     assert "MISSING" not in results and results.count("ok ") == 5, results
+    # The pictures are shown inline: the curves, the confusion matrix, a picture per confused
+    # pair of the evaluation's gallery, each as the PNG on disk.
+    [pictures] = [c for c in notebook.cells if "pictures" in c.metadata.get("tags", [])]
+    images = [o["data"]["image/png"] for o in pictures.outputs if "image/png" in o.get("data", {})]
+    evaluation = work / "evaluations" / "baseline-test"
+    shown = [work / "runs" / "baseline" / "curves.png", evaluation / "confusion_matrix.png"]
+    shown += sorted((evaluation / "errors").glob("*.png"))
+    assert [base64.b64decode(image) for image in images] == [path.read_bytes() for path in shown]
+    printed = "".join(output.get("text", "") for output in pictures.outputs)
+    assert "precision    recall  f1-score   support" in printed  # the report

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from tennis_exp.config import BADMINTON_ACTIONS
 from tennis_exp.engine.checkpoint import Checkpoint, load, save
@@ -13,7 +15,7 @@ from tennis_exp.models.cnn_lstm import build_model
 
 from ..helpers.commands import run_cli, smoke_args
 from ..helpers.configs import compose_config
-from ..helpers.store import copy_store, only_run, sqlite_uri
+from ..helpers.store import copy_store, only_run, sqlite_uri, sweep_of
 
 
 def test_a_transfer_preset_needs_its_source(tmp_path):
@@ -77,6 +79,12 @@ def test_balanced_weights_and_augmentation_under_ddp(staged):
         assert float(params[f"class_weight.{event}"]) == pytest.approx(weight)
     assert params["data.augment.kind"] == "flip_jitter"
     assert run.info.status == "FINISHED" and np.isfinite(run.data.metrics["train/loss"])
+    # Rank 0 drew the curves of both epochs, and logged them; train macro-F1 summed over ranks.
+    assert Image.open(root / "run" / "curves.png").size == (1300, 380)
+    assert "curves.png" in {
+        a.path for a in MlflowClient(sqlite_uri(root)).list_artifacts(run.info.run_id)
+    }
+    assert 0 <= run.data.metrics["train/macro_f1"] <= 1
 
 
 def test_the_transfer_study_runs_on_the_synthetic_twins(tiny_twin, store, tmp_path):
@@ -118,5 +126,11 @@ def test_the_transfer_study_runs_on_the_synthetic_twins(tiny_twin, store, tmp_pa
     folders = sorted(p.name for p in (tmp_path / "study").iterdir() if p.name[0].isdigit())
     assert folders == [f"{i}-{label}" for i, label in enumerate(labels)]
     assert (tmp_path / "study" / "comparison" / "study.png").stat().st_size > 0
+    # Each job's test confusion side by side: four panels, one row of them, in the sweep's run.
+    assert Image.open(tmp_path / "study" / "comparison" / "confusions.png").size == (1440, 460)
+    uri = sqlite_uri(tmp_path)
+    parent, jobs = sweep_of(uri, "badminton_transfer")
+    logged = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id)}
+    assert "confusions.png" in logged and len(jobs) == 4
     # The badminton twin's own folders were read: the stroke names of data=badminton.
     assert {p.name for p in (tmp_path / "badminton" / "train").iterdir()} <= set(BADMINTON_ACTIONS)

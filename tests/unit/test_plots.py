@@ -78,6 +78,12 @@ def test_a_curve_never_logged_is_left_out():
     assert [line.get_label() for line in f1.lines] == ["val"]
 
 
+def test_epochs_are_whole_numbers_even_for_one():
+    for ax in curves_figure(_history(1)).axes:
+        ax.figure.draw_without_rendering()
+        assert [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]] == [1]
+
+
 def test_history_of_a_run_keeps_each_epoch_once_up_to_the_checkpoint(empty_store, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     (tmp_path / "mlflow.db").write_bytes(empty_store.read_bytes())
