@@ -13,8 +13,9 @@ a group of its own), so no window of a test match was seen in training.
 
 Every truth file is checked before anything is written: a video without one, an unknown event,
 overlapping segments or a segment past the video's end is refused in one line. A match is
-decoded into `<out>/.partial/` and moved into place whole; the manifest lists the matches, their
-split and their frames (blank until done), so a rerun with the same settings continues.
+decoded into `<out>/.partial/`, then its clips are moved into place; the manifest lists the
+matches, their split and their frames (blank until done), so a rerun with the same settings
+continues, redoing a match that was not done.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def checked_matches(folder: Path, fps: float | None) -> dict[Path, list[Segment]
         if truth is None:
             raise UserError(
                 f"match {video.name} has no truth: label it in {files[0]} (start,end,event in "
-                "seconds; docs/data.md), or move the video out of videos="
+                "seconds; docs/predict.md), or move the video out of videos="
             )
         with VideoReader(video, 16, fps) as reader:
             info = reader.info
@@ -130,8 +131,9 @@ def cut_match(video: Path, truth: list[Segment], out: Path, split: str, cfg: Dic
     partial = out / ".partial" / video.stem
     shutil.rmtree(partial, ignore_errors=True)
     # An interrupted run may have moved some of this match's clips already.
-    for stale in out.glob(f"*/*/{video.stem}_[0-9][0-9][0-9]"):
-        shutil.rmtree(stale)
+    for k, (_, folder) in enumerate(parts):
+        for stale in out.glob(f"*/{folder}/{video.stem}_{k:03d}"):
+            shutil.rmtree(stale)
     counts = [0] * len(parts)
     with VideoReader(video, cfg.image_size, cfg.fps) as reader:
         for frame in reader:

@@ -106,6 +106,8 @@ class Scores:
     frames_right: int = 0
     event_frames: int = 0
     event_frames_right: int = 0
+    idle_frames: int = 0
+    idle_frames_right: int = 0
     predicted: int = 0
     true: int = 0
     matched: int = 0
@@ -123,6 +125,8 @@ class Scores:
         self.frames_right += int((want == got).sum())
         self.event_frames += int((want != NONE).sum())
         self.event_frames_right += int(((want == got) & (want != NONE)).sum())
+        self.idle_frames += int((want == NONE).sum())
+        self.idle_frames_right += int(((want == got) & (want == NONE)).sum())
         self.predicted += len(predicted)
         self.true += len(truth)
         self.matched += match_segments(truth, predicted)
@@ -144,6 +148,7 @@ class Scores:
         return {
             "frame_acc": _ratio(self.frames_right, self.frames),
             "frame_acc_events": _ratio(self.event_frames_right, self.event_frames),
+            "frame_acc_no_event": _ratio(self.idle_frames_right, self.idle_frames),
             "segment_precision": precision,
             "segment_recall": recall,
             "segment_f1": _ratio(2 * self.matched, self.predicted + self.true),

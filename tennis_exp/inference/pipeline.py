@@ -263,7 +263,7 @@ def score_table(s: dict[str, float], events: list[str], videos: int) -> str:
             f"Scores against the truth ({videos} video(s), {s['true_segments']} true segments, "
             f"{s['predicted_segments']} predicted):",
             f"  frame accuracy           {s['frame_acc']:.3f} (event frames only: "
-            f"{s['frame_acc_events']:.3f})",
+            f"{s['frame_acc_events']:.3f}, no-event frames only: {s['frame_acc_no_event']:.3f})",
             f"  segment F1 at IoU 0.5    {s['segment_f1']:.3f} (precision "
             f"{s['segment_precision']:.3f}, recall {s['segment_recall']:.3f})",
             f"  mAP@1s                   {s['map_1s']:.3f} ({per_event})",

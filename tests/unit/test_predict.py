@@ -176,7 +176,11 @@ def test_frame_accuracy_counts_idle_frames_as_no_event_and_separately_without_th
     # 8 frames at 2 fps: truth A A A A - - - -, predicted A A B B - - - -
     scores.add([Segment(0, 2, A)], [Segment(0, 1, A, 0.9), Segment(1, 2, B, 0.8)], 4.0, 2.0)
     s = scores.summary()
-    assert (s["frame_acc"], s["frame_acc_events"]) == (6 / 8, 2 / 4)
+    assert (s["frame_acc"], s["frame_acc_events"], s["frame_acc_no_event"]) == (6 / 8, 2 / 4, 1)
+    # An event that runs on into idle play: 2 of the 4 idle frames wrong.
+    late = Scores([A, B])
+    late.add([Segment(0, 2, A)], [Segment(0, 3, A)], 4.0, 2.0)
+    assert late.summary()["frame_acc_no_event"] == 2 / 4
     # A 0-1 overlaps A 0-2 by IoU 0.5: a match; B has no true segment
     assert (s["segment_precision"], s["segment_recall"], s["segment_f1"]) == (0.5, 1, 2 / 3)
     assert s["ap_1s_smash"] == 1.0 and math.isnan(s["ap_1s_net_play"])
