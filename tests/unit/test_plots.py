@@ -99,7 +99,7 @@ def test_history_of_a_run_keeps_each_epoch_once_up_to_the_checkpoint(empty_store
     }
 
 
-@pytest.mark.slow  # two training runs (~20 s); Run.history's test above is its fast twin
+@pytest.mark.slow  # two training runs; the test of Run.history above is its fast twin
 def test_an_extended_run_draws_all_its_epochs(smoke_cfg, tmp_path, monkeypatch):
     drawn = []
     monkeypatch.setattr(loop, "curves_figure", lambda h: drawn.append(copy.deepcopy(h)) or
