@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -221,7 +222,7 @@ def test_a_search_whose_study_is_full_runs_nothing(tmp_path):
     ],
 )
 def test_a_bad_search_setting_is_one_line(settings, says):
-    with pytest.raises(UserError, match=f"^{says}$".replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(UserError, match=f"^{re.escape(says)}$"):
         _search(**settings)._check([])
 
 
