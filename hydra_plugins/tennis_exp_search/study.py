@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tennis_exp.errors import UserError
+from tennis_exp.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,16 @@ def storage_url(storage: str | None, sweep_dir: str) -> str:
     return f"sqlite:///{(Path(sweep_dir) / 'optuna.db').resolve()}"
 
 
+def shown(url: str) -> str:
+    """A storage URL as logs and messages show it: without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: nothing to hide
+        return url
+
+
 def open_study(url: str, study_name: str, direction: str, sampler: Any):
     """The study `study_name` in the storage at `url`, created if it is not there yet."""
     import optuna
@@ -46,9 +56,9 @@ def open_study(url: str, study_name: str, direction: str, sampler: Any):
     try:
         storage = optuna.storages.RDBStorage(url)
     except Exception as err:  # a bad URL, a missing driver, a server that does not answer
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
-            f"cannot open the search's study storage hydra.sweeper.storage={url}: {first}; "
+            f"cannot open the search's study storage hydra.sweeper.storage={shown(url)}: "
+            f"{first_line(err)}; "
             "give a reachable SQLAlchemy URL (sqlite:///<file>, postgresql://user@host/db) "
             "or leave it null for a SQLite file in the sweep's folder"
         ) from err
@@ -56,9 +66,10 @@ def open_study(url: str, study_name: str, direction: str, sampler: Any):
         storage=storage, study_name=study_name, sampler=sampler, direction=direction,
         load_if_exists=True,
     )  # fmt: skip
-    if study.direction.name.lower() != direction:
+    stored = study.direction.name.lower()
+    if stored != direction:
         raise UserError(
-            f"study '{study_name}' in {url} is {study.direction.name.lower()}d, not {direction}d: "
+            f"study '{study_name}' in {shown(url)} is {stored}d, not {direction}d: "
             "name another study (hydra.sweeper.study_name=...)"
         )
     return study

@@ -29,6 +29,7 @@ from .study import (
     mark_alive,
     open_study,
     past_limit,
+    shown,
     storage_url,
     trials_to_ask,
 )
@@ -81,10 +82,11 @@ class OptunaSearch(Sweeper):
             raise
         study.sampler = self._sampler(len(study.trials))
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search logs its own lines
+        fail_abandoned(study)
+        done = self.n_trials - trials_to_ask(self.n_trials, study.trials)
         log.info(
-            "Study '%s' in %s: %d of %d trials done (optuna-dashboard %s)",
-            study.study_name, url, self.n_trials - trials_to_ask(self.n_trials, study.trials),
-            self.n_trials, url,
+            "Study '%s' in %s: %d of its %d trials done or running (optuna-dashboard %s)",
+            study.study_name, shown(url), done, self.n_trials, shown(url),
         )  # fmt: skip
         self._run(study, space, fixed)
         _write_results(study, sweep_dir)

@@ -237,6 +237,12 @@ def test_an_unreachable_storage_is_one_line(url):
     assert "\n" not in message
 
 
+def test_a_storage_password_is_not_shown():
+    with pytest.raises(UserError) as err:
+        open_study("postgresql://search:secret@127.0.0.1:1/optuna", "s", "maximize", None)
+    assert "secret" not in str(err.value) and "search:***@127.0.0.1:1" in str(err.value)
+
+
 def test_a_study_of_the_other_direction_is_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     open_study(url, "s", "minimize", sampler=None)
