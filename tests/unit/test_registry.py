@@ -16,6 +16,7 @@ from omegaconf import OmegaConf, open_dict
 
 from tennis_exp.config import validate
 from tennis_exp.engine.checkpoint import Checkpoint, save
+from tennis_exp.engine.train import initial_model
 from tennis_exp.errors import UserError
 from tennis_exp.models.cnn_lstm import build_model
 from tennis_exp.tracking.models import (
@@ -311,3 +312,9 @@ def test_validate_checks_register_as_and_a_model_uri_before_the_run(registry):
     validate(_cfg(store, "model.init_from=models:/tennis@prod", "dry_run=true"))
     with pytest.raises(UserError, match="models:/tennis is not a model URI"):
         validate(_cfg(store, "model.init_from=models:/tennis", "dry_run=true"))
+
+
+def test_transfer_from_a_registered_model_starts_the_run_from_its_weights(registry):
+    cfg = _cfg(registry["store"], "model.init_from=models:/tennis@champion")
+    model = initial_model(cfg, None)
+    _same_weights(Checkpoint(model.state_dict()), registry["written"])
