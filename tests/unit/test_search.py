@@ -203,6 +203,38 @@ def test_a_search_continues_a_study_a_killed_process_left(tmp_path):
     assert sweeper.launcher.launched == [(3, 2), (5, 1)]  # job numbers are trial numbers
 
 
+def test_two_nodes_share_one_study_up_to_n_trials(tmp_path):
+    # Node B starts while node A's first trial runs: B counts it, and neither asks past 5.
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    node_a, node_b = _search(n_trials=5), _search(n_trials=5, n_jobs=2)
+    space, fixed = node_a._check([])
+    launch_a = node_a.launcher.launch
+
+    def a_runs_while_b_joins(overrides, initial_job_idx):
+        if len(node_a.launcher.launched) == 0:
+            node_b._run(open_study(url, "s", "maximize", sampler=None), space, fixed)
+        return launch_a(overrides, initial_job_idx)
+
+    node_a.launcher.launch = a_runs_while_b_joins
+    node_a._run(open_study(url, "s", "maximize", sampler=None), space, fixed)
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
+    assert node_a.launcher.launched == [(0, 1)]  # A ran trial 0, B the other four
+    assert node_b.launcher.launched == [(1, 2), (3, 2)]
+
+
+def test_a_continued_search_draws_new_points(tmp_path):
+    # The sampler's seed moves on by the trials held: the same seed would redraw them.
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    for n_trials in (2, 4):
+        sweeper = _search(n_trials=n_trials)
+        study = open_study(url, "s", "maximize", sampler=None)
+        study.sampler = sweeper._sampler(len(study.trials))
+        sweeper._run(study, *sweeper._check([]))
+    values = [t.params["lr"] for t in optuna.load_study(study_name="s", storage=url).trials]
+    assert len(values) == 4 and len(set(values)) == 4
+
+
 def test_a_search_whose_study_is_full_runs_nothing(tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = open_study(url, "s", "maximize", sampler=None)
