@@ -117,8 +117,6 @@ def abandoned(trial, host: str, now: float) -> bool:
 
 
 def _process_runs(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
