@@ -109,15 +109,14 @@ def load_checkpoint(source: str, tracking_uri: str) -> Checkpoint:
     artifact = locate(uri, source, tracking_uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is for errors
     from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
 
     with tempfile.TemporaryDirectory(prefix="tennis-exp-model-") as tmp:
         try:
             local = download_artifacts(
                 artifact_uri=artifact, tracking_uri=tracking_uri, dst_path=tmp
             )
-        except Exception as err:
-            if type(err).__name__ != "MlflowException" and not isinstance(err, OSError):
-                raise
+        except (MlflowException, OSError) as err:
             raise UserError(f"{source}: {artifact} cannot be read: {first_line(err)}") from None
         ckpt = _read(Path(local), source)
     log.info("%s: read from %s", source, artifact)
@@ -183,7 +182,6 @@ def locate(uri: ModelUri, source: str, tracking_uri: str) -> str:
                 f"(versions: {_listed(versions)})"
             )
         version = uri.ref
-    log.info("%s is version %s of %s", source, version, uri.name)
     return client.get_model_version_download_uri(uri.name, version)
 
 
