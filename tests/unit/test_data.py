@@ -428,8 +428,8 @@ def test_dataloader_workers_over_cache(tmp_path):
 def test_synthetic_generated_first(tmp_path, monkeypatch, as_string):
     calls = []
 
-    def ensure_synthetic(root, preset, seed, image_size, sport):
-        calls.append((root, preset, seed, image_size, sport))
+    def ensure_synthetic(root, preset, seed, image_size, sport, background):
+        calls.append((root, preset, seed, image_size, sport, background))
         make_tree(root)
 
     fake = types.ModuleType("tennis_exp.data.synthetic")
@@ -440,7 +440,7 @@ def test_synthetic_generated_first(tmp_path, monkeypatch, as_string):
     if as_string:  # a plain (non-structured) config holds the enum's name as a string
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, enum_to_str=True))
     datasets = build_datasets(cfg, seed=0)
-    assert calls == [(tmp_path / "d", "tiny", 3, 64, "tennis")]
+    assert calls == [(tmp_path / "d", "tiny", 3, 64, "tennis", False)]
     assert len(datasets["train"]) == 10
 
 
