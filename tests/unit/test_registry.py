@@ -13,12 +13,14 @@ import yaml
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf, open_dict
+from requests import ConnectionError
 
 from tennis_exp.config import validate
 from tennis_exp.engine.checkpoint import Checkpoint, save
 from tennis_exp.engine.train import initial_model
 from tennis_exp.errors import UserError
 from tennis_exp.models.cnn_lstm import build_model
+from tennis_exp.tracking import retry
 from tennis_exp.tracking.models import (
     ModelUri,
     load_checkpoint,
@@ -318,3 +320,26 @@ def test_transfer_from_a_registered_model_starts_the_run_from_its_weights(regist
     cfg = _cfg(registry["store"], "model.init_from=models:/tennis@champion")
     model = initial_model(cfg, None)
     _same_weights(Checkpoint(model.state_dict()), registry["written"])
+
+
+def test_a_store_away_mid_way_resumes_the_model_where_it_failed(empty_store, tmp_path, monkeypatch):
+    # The upload meets a store that does not answer once: the held-back logging sends the rest
+    # later, without a second logged model or registered version.
+    monkeypatch.setattr(retry.time, "sleep", lambda seconds: None)
+    store = copy_store(empty_store, tmp_path)
+    upload = MlflowClient.log_model_artifacts
+    failures = [ConnectionError("Connection refused")]
+
+    def away_once(self, *args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return upload(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_model_artifacts", away_once)
+    run_id, _ = _train_run(_cfg(store), tmp_path / "run", "tennis@champion")
+    client = MlflowClient(store)
+    experiment = client.get_run(run_id).info.experiment_id
+    assert not failures and len(client.search_logged_models([experiment])) == 1
+    assert len(client.get_run(run_id).outputs.model_outputs) == 1
+    assert [v.version for v in client.search_model_versions("name = 'tennis'")] == [1]
+    assert load_checkpoint("models:/tennis@champion", store).mlflow_run_id == run_id
