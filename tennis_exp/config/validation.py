@@ -174,7 +174,7 @@ def _validate_combinations(cfg: DictConfig) -> None:
     if _follows_transfer_from(cfg) and cfg.transfer_from is None:
         raise UserError(
             "this transfer preset starts from another model: pass transfer_from=<its checkpoint> "
-            "(the tennis run's best.pth, or a model URI: models:/<name>@<alias>, runs:/...)"
+            "(the tennis run's best.pth)"
         )
     if cfg.tracking.register_as is not None and not cfg.tracking.log_model:
         raise UserError(
