@@ -123,7 +123,9 @@ def test_multirun_of_two_cpu_jobs(tiny_twin, store, tmp_path):
     # The comparison table: printed, and logged to the parent run with its plots.
     assert "speed-up" in out.stdout and "1.00x" in out.stdout
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert artifacts == {"comparison.md", "comparison.csv", "speedup.png", "val_macro_f1.png"}
+    assert artifacts == {
+        "comparison.md", "comparison.csv", "speedup.png", "val_macro_f1.png", "confusions.png"
+    }  # fmt: skip
     table = (sweep / "comparison" / "comparison.csv").read_text().splitlines()
     assert table[0].startswith("hardware,best_val_macro_f1,test_macro_f1,")  # the swept key first
     assert (
