@@ -187,6 +187,18 @@ def _cell(key: str, value: Any) -> str:
     return _FORMATS.get(key, "{}").format(value)
 
 
+def _swept_cell(value: str | None) -> str:
+    """A swept value as typed, but a searched float (5.6115164153345e-05) to 4 digits: the CSV
+    keeps it whole."""
+    if value is None:
+        return "-"
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return f"{number:.4g}" if len(value) > 8 and not value.lstrip("-").isdigit() else value
+
+
 _NOTE = "speed-up and efficiency: against the job with the fewest devices of the same type"
 
 
@@ -213,7 +225,7 @@ def _table(rows: list[Row]) -> list[list[str]]:
     header = [*keys, *(COLUMNS[k] for k in scores), *(f"recall {c}" for c in classes)]
     header += [COLUMNS[k] for k in ran]
     body = [
-        [_cell(k, r.swept[k]) for k in keys]
+        [_swept_cell(r.swept[k]) for k in keys]
         + [_cell(k, getattr(r, k)) for k in scores]
         + [_cell("test_macro_f1", r.test_recall.get(c)) for c in classes]
         + [_cell(k, getattr(r, k)) for k in ran]

@@ -85,6 +85,25 @@ def test_the_table_has_a_column_per_key_the_sweep_varied():
     ]
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("5.6115164153345e-05", "5.612e-05"),  # a searched float
+        ("0.15212112147976886", "0.1521"),
+        ("0.0001", "0.0001"),  # as typed
+        ("1e-4", "1e-4"),
+        ("123456789", "123456789"),  # a whole number stays whole
+        ("badminton_staged", "badminton_staged"),
+        (None, "-"),  # a key this job did not set
+    ],
+)
+def test_searched_floats_are_shown_to_four_digits_and_kept_whole_in_the_csv(value, shown):
+    row = _row("a", "cpu", 1, 10.0)
+    row.swept = {"training.learning_rate": value}
+    assert to_text([row]).splitlines()[1].split()[0] == shown
+    assert to_csv([row]).splitlines()[1].split(",")[0] == (value or "")
+
+
 def test_a_study_shows_each_class_recall_and_plots_against_its_numeric_key(tmp_path):
     rows = []
     for strategy, fraction, f1, recall in [
