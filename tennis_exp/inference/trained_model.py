@@ -9,7 +9,7 @@ from dataclasses import replace
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from tennis_exp.config import Config, Strategy, from_container
+from tennis_exp.config import Config, Strategy, from_container, with_background
 from tennis_exp.engine import checkpoint
 from tennis_exp.engine.hardware import RunPlan, plan_run
 from tennis_exp.models.cnn_lstm import CNNLSTM, build_model
@@ -25,6 +25,9 @@ def trained_model(cfg: DictConfig) -> tuple[CNNLSTM, checkpoint.Checkpoint]:
     trained = trained_config(ckpt)
     if trained is not None:
         cfg.data.events = list(trained.data.events)
+        # A model with the background class reads (and its twin holds) the idle folder too.
+        cfg.data.background = trained.data.background
+        with_background(cfg.data)
     model_cfg = trained.model if trained is not None else cfg.model
     model = build_model(model_cfg, len(cfg.data.events), weights_follow=True)
     checkpoint.load_weights(model, ckpt)

@@ -10,8 +10,9 @@ import re
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf, open_dict
 
-from tennis_exp.config import BACKGROUND
+from tennis_exp.config import BACKGROUND, IDLE_ACTION, validate
 from tennis_exp.data.segments import (
     Segment,
     read_segments,
@@ -19,6 +20,7 @@ from tennis_exp.data.segments import (
     write_segments_json,
 )
 from tennis_exp.data.video import VideoReader
+from tennis_exp.engine import checkpoint
 from tennis_exp.engine.hardware import plan_run
 from tennis_exp.errors import UserError
 from tennis_exp.inference.detection_metrics import (
@@ -41,6 +43,7 @@ from tennis_exp.inference.segments import (
     to_segments,
     window_labels,
 )
+from tennis_exp.inference.trained_model import trained_model
 from tennis_exp.inference.windows import Ring
 from tennis_exp.models.cnn_lstm import build_model
 from tennis_exp.synthetic.match import match_parts, truth, write_match
@@ -313,3 +316,17 @@ def test_a_match_is_written_as_a_video_and_its_truth(tmp_path):
     assert [(s.start, s.end, s.event) for s in truth_] == [
         (s.start, s.end, s.event) for s in truth(parts)
     ]
+
+
+def test_a_background_checkpoint_brings_its_class_and_idle_folder_to_the_command(tmp_path):
+    trained = compose_config(["debug=smoke", "data.background=true", "data.root=/frames"])
+    validate(trained)
+    model = build_model(trained.model, len(trained.data.events))
+    config = OmegaConf.to_container(trained, resolve=True, enum_to_str=True)
+    checkpoint.save(tmp_path / "best.pth", checkpoint.Checkpoint(model.state_dict(), config))
+    cfg = compose_config(["debug=smoke", "data.root=/frames"])  # as evaluate is typed: no key
+    with open_dict(cfg):
+        cfg.checkpoint = str(tmp_path / "best.pth")
+    trained_model(cfg)
+    assert list(cfg.data.events) == [*EVENTS, BACKGROUND] and cfg.data.background
+    assert cfg.data.actions[IDLE_ACTION] == BACKGROUND
