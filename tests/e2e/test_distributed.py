@@ -117,6 +117,8 @@ def test_a_failing_rank_stops_the_job_and_fails_the_run(tiny_twin, store, tmp_pa
     assert "rank 1 of 2 failed" in run.data.tags["error"]
 
 
+# Slow: the fast twins are test_cli's two-job sweep and the real gloo DDP run above.
+@pytest.mark.slow
 def test_multirun_single_process_then_ddp(tiny_twin, store, tmp_path):
     sweep = tmp_path / "sweep"
     out = run_sweep(["hardware=cpu,cpu_ddp2", *_args(tiny_twin, tmp_path)], sweep, tmp_path)
@@ -142,6 +144,8 @@ def submitit_local(tiny_twin, empty_store, tmp_path_factory):
     return root, out
 
 
+# Slow, with the next test: submitit's launcher runs fast in the one-task-per-device sweep.
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_a_job(submitit_local):
     tmp_path, out = submitit_local
     assert "Submitit 'local' sweep output dir" in out.stdout + out.stderr
@@ -150,6 +154,7 @@ def test_submitit_local_launcher_runs_a_job(submitit_local):
     assert list((tmp_path / "sweep" / ".submitit").iterdir())  # submitit's own job records
 
 
+@pytest.mark.slow
 def test_a_user_error_in_a_submitit_job_fails_the_sweep(submitit_local):
     # The job runs in a process submitit starts: its failure reaches the command by its run.
     tmp_path, out = submitit_local
@@ -386,6 +391,7 @@ def _test_metrics(node: Path) -> dict[str, float]:
     return {k: v for k, v in run.data.metrics.items() if k.startswith("test/")}
 
 
+@pytest.mark.slow  # two torchrun agents, ~30 s; one node's real gloo DDP run is fast above
 def test_two_nodes_without_a_shared_disk(tmp_path):
     # Two torchrun agents, each in its own empty directory with relative paths, meet through a
     # c10d rendezvous on localhost: two "nodes" with a disk each. Each node prepares its data

@@ -108,7 +108,8 @@ def _check_gallery(rows, folder, client, run_id):
     assert logged == {f"errors/{p}.png" for p in pairs}
 
 
-@pytest.mark.parametrize("prefix", ["", "module."])
+# The plain file is slow: the `module.` one (DataParallel's keys) goes through the same path.
+@pytest.mark.parametrize("prefix", [pytest.param("", marks=pytest.mark.slow), "module."])
 def test_the_old_scripts_best_model_gets_the_same_report(tiny_twin, trained, tmp_path, prefix):
     # The old script's format: its own config (not ours), maybe DataParallel's prefix. The
     # architecture comes from the command's model config then.

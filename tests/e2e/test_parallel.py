@@ -3,12 +3,16 @@ once writing to one SQLite store."""
 
 from __future__ import annotations
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from ..helpers.commands import run_cli, smoke_args
 from ..helpers.store import sqlite_uri, sweep_of
 
 
+# Slow (~30 s): the fast suite's twins are the guide's four-job parallel sweep (test_docs)
+# and the two parallel jobs through the lab server (test_server).
+@pytest.mark.slow
 def test_four_cpu_jobs_at_once_into_one_sqlite_store(tmp_path):
     # Data of their own, not the session's twin: the four jobs also race to generate it, and
     # the generator's lock makes one of them do it while the others wait.
