@@ -72,7 +72,7 @@ test-all: $(STAMP) ## Every test, the slow end-to-end runs too
 	$(PY) -m pytest -n auto --dist loadscope --durations=15
 
 lint: $(STAMP) ## ruff
-	$(PY) -m ruff check tennis_exp tests bench
+	$(PY) -m ruff check tennis_exp hydra_plugins tests bench
 
 clean: ## Remove outputs, caches and the local MLflow store (keeps .venv)
 	rm -rf outputs multirun_outputs/*/ mlflow.db mlartifacts .cache data .pytest_cache
