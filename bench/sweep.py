@@ -27,8 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.results import add_dirs, load, machine, publish
-from tennis_exp.config import EVENTS, usable_cpus
-from tennis_exp.engine.metrics import metric_name
+from tennis_exp.config import EVENTS, metric_name, usable_cpus
 from tennis_exp.tracking.runs import mlflow_run
 
 JOB = [

@@ -24,6 +24,7 @@ from tennis_exp.config.datasets import (
     IDLE_ACTION,
     THETIS_ACTIONS,
     THETIS_EXCLUDED,
+    metric_name,
     with_background,
 )
 from tennis_exp.config.registration import register_configs
@@ -67,6 +68,7 @@ __all__ = [
     "Backbone",
     "BatchScaling",
     "Config",
+    "metric_name",
     "DataConfig",
     "EvaluateConfig",
     "HardwareConfig",

@@ -26,6 +26,12 @@ THETIS_ACTIONS, THETIS_EXCLUDED = _data_group("thetis")
 # The users' badminton stroke folders (ShuttleSet) and their events.
 BADMINTON_ACTIONS, _ = _data_group("badminton")
 
+
+def metric_name(class_name: str) -> str:
+    """An event's name in metric keys and folders: 'Net Play' -> 'net_play'."""
+    return class_name.lower().replace(" ", "_")
+
+
 # The action folder of idle play, mapped to the background class when data.background is on.
 IDLE_ACTION = "idle"
 

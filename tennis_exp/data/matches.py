@@ -30,13 +30,18 @@ from pathlib import Path
 from omegaconf import DictConfig
 from PIL import Image
 
-from tennis_exp.config import EVENTS, IDLE_ACTION
+from tennis_exp.config import EVENTS, IDLE_ACTION, metric_name
 from tennis_exp.data import splits as splitting
 from tennis_exp.data.prepare import MANIFEST, claimed, split_table, split_videos
-from tennis_exp.data.segments import TRUTH_SUFFIXES, Segment, check_truth, read_segments
+from tennis_exp.data.segments import (
+    TRUTH_SUFFIXES,
+    Segment,
+    check_truth,
+    read_segments,
+    truth_file,
+)
 from tennis_exp.data.splits import VideoRef
 from tennis_exp.data.video import VIDEO_SUFFIXES, VideoReader, video_files
-from tennis_exp.engine.metrics import metric_name
 from tennis_exp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -94,11 +99,11 @@ def checked_matches(folder: Path, fps: float | None) -> dict[Path, list[Segment]
         raise UserError(f"videos={folder} holds no match video ({', '.join(VIDEO_SUFFIXES)})")
     matches = {}
     for video in videos:
-        files = [folder / f"{video.stem}{suffix}" for suffix in TRUTH_SUFFIXES]
-        truth = next((f for f in files if f.is_file()), None)
+        truth = truth_file(folder, video)
         if truth is None:
             raise UserError(
-                f"match {video.name} has no truth: label it in {files[0]} (start,end,event in "
+                f"match {video.name} has no truth: label it in "
+                f"{folder / (video.stem + TRUTH_SUFFIXES[0])} (start,end,event in "
                 "seconds; docs/predict.md), or move the video out of videos="
             )
         with VideoReader(video, 16, fps) as reader:

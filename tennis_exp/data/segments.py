@@ -15,6 +15,12 @@ COLUMNS = ("start", "end", "event", "confidence")
 TRUTH_SUFFIXES = (".segments.csv", ".segments.json")
 
 
+def truth_file(folder: Path, video: Path) -> Path | None:
+    """The truth file of `video` in `folder` (<video name>.segments.csv or .json), or None."""
+    files = (folder / f"{video.stem}{suffix}" for suffix in TRUTH_SUFFIXES)
+    return next((f for f in files if f.is_file()), None)
+
+
 @dataclass(frozen=True)
 class Segment:
     start: float  # seconds from the video's first frame

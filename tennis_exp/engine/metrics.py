@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from tennis_exp.config import metric_name
+
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """[true, predicted] counts."""
@@ -36,8 +38,3 @@ def classification_metrics(cm: torch.Tensor, class_names: list[str]) -> dict[str
         out[f"recall_{key}"] = recall[i].item()
         out[f"f1_{key}"] = f1[i].item()
     return out
-
-
-def metric_name(class_name: str) -> str:
-    """'Net Play' -> 'net_play'."""
-    return class_name.lower().replace(" ", "_")

@@ -16,14 +16,13 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from tennis_exp.config import Strategy, jobnames, validate
+from tennis_exp.config import Strategy, jobnames, metric_name, validate
 from tennis_exp.data.frames import WindowDataset, build_datasets
 from tennis_exp.engine import checkpoint, distributed
 from tennis_exp.engine.checkpoint import Checkpoint
 from tennis_exp.engine.distributed import Dist
 from tennis_exp.engine.hardware import RunPlan, plan_run
 from tennis_exp.engine.loop import Job, Trainer
-from tennis_exp.engine.metrics import metric_name
 from tennis_exp.engine.objective import class_weights
 from tennis_exp.engine.resume import EPOCHS_TAG, resume_run
 from tennis_exp.engine.rng import seed_everything

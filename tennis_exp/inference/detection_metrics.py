@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tennis_exp.config import metric_name
 from tennis_exp.data.segments import Segment
-from tennis_exp.engine.metrics import metric_name
 from tennis_exp.inference.segments import NONE
 
 IOU = 0.5

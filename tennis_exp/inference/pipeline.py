@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from tennis_exp.config import BACKGROUND, validate_predict
+from tennis_exp.config import BACKGROUND, metric_name, validate_predict
 from tennis_exp.data.segments import (
     TRUTH_SUFFIXES,
     Segment,
     read_segments,
+    truth_file,
     write_segments_csv,
     write_segments_json,
 )
 from tennis_exp.data.video import VIDEO_SUFFIXES, VideoReader, video_files
-from tennis_exp.engine.metrics import metric_name
 from tennis_exp.errors import UserError
 from tennis_exp.inference.detection_metrics import Scores
 from tennis_exp.inference.render import render
@@ -146,10 +146,11 @@ def read_truths(truth: str, videos: list[Path], events: list[str]) -> dict[str, 
         raise UserError(f"truth={path} does not exist")
     found = {}
     for video in videos:
-        files = [path / f"{video.stem}{suffix}" for suffix in TRUTH_SUFFIXES]
-        file = next((f for f in files if f.is_file()), None)
+        file = truth_file(path, video)
         if file is None:
-            raise UserError(f"truth={path} holds no {files[0].name} (or .json) for {video.name}")
+            raise UserError(
+                f"truth={path} holds no {video.stem}{TRUTH_SUFFIXES[0]} (or .json) for {video.name}"
+            )
         found[video.stem] = read_segments(file, events)
     return found
 

@@ -14,13 +14,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from tennis_exp.config import validate
+from tennis_exp.config import metric_name, validate
 from tennis_exp.data.frames import WindowDataset, build_split
 from tennis_exp.data.loaders import make_loader
 from tennis_exp.engine.distributed import Dist
 from tennis_exp.engine.evaluation import Evaluation, evaluate
 from tennis_exp.engine.hardware import wrap_model
-from tennis_exp.engine.metrics import metric_name
 from tennis_exp.inference.trained_model import checkpoint_run, one_process_plan, trained_model
 from tennis_exp.tracking.plots import gallery_figure, plot_confusion, save
 
