@@ -11,13 +11,14 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from tennis_exp.errors import UserError, first_line, one_line_report
+from tennis_exp.files import locked
 from tennis_exp.tracking.retry import HeldBack
 
 log = logging.getLogger(__name__)
@@ -51,20 +52,25 @@ def ensure_experiment(uri: str, name: str) -> str:
     from mlflow.tracking import MlflowClient
 
     _probe(uri)
-    client = MlflowClient(uri)
-    try:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        artifacts = None
-        if uri.startswith("sqlite:///"):
+    database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    # Two runs started at once on a new SQLite file would both migrate its schema and one would
+    # fail ("duplicate column"): the first to take the lock creates it, the other then finds it.
+    creating = database and database.parent.is_dir()  # else MLflow's own error says why
+    with locked(database.with_name(f".{database.name}.lock")) if creating else nullcontext():
+        try:
+            client = MlflowClient(uri)
+            experiment = client.get_experiment_by_name(name)
+            if experiment is not None:
+                return experiment.experiment_id
             # Next to the database, not in whatever directory a run happens to start from.
-            artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-        return client.create_experiment(name, artifact_location=artifacts)
-    except Exception as err:
-        if type(err).__name__ == "MlflowException" and "already exists" in str(err):
-            return client.get_experiment_by_name(name).experiment_id  # lost a creation race
-        raise UserError(f"MLflow tracking store {uri} is not usable: {first_line(err)}") from None
+            artifacts = (database.parent / "mlartifacts").as_uri() if database else None
+            return client.create_experiment(name, artifact_location=artifacts)
+        except Exception as err:
+            if type(err).__name__ == "MlflowException" and "already exists" in str(err):
+                return client.get_experiment_by_name(name).experiment_id  # lost a creation race
+            raise UserError(
+                f"MLflow tracking store {uri} is not usable: {first_line(err)}"
+            ) from None
 
 
 def _probe(uri: str) -> None:

@@ -161,3 +161,30 @@ def test_parallel_launcher_runs_as_many_jobs_as_the_gpus_hold(
     assert cfg.hydra.launcher._target_ == JOBLIB
     # No GPU: a job per core this process may run on (its affinity, not the machine's count).
     assert cfg.hydra.launcher.n_jobs == (n_jobs or usable_cpus())
+
+
+def _create_store(uri: str, barrier, results) -> None:
+    from tennis_exp.tracking.runs import ensure_experiment
+
+    barrier.wait(timeout=30)
+    try:
+        results.put(ensure_experiment(uri, "tennis_4event"))
+    except Exception as err:  # the assertion below shows it
+        results.put(f"{type(err).__name__}: {err}")
+
+
+def test_runs_started_at_once_on_a_new_sqlite_store_both_start(tmp_path):
+    # Two plain runs (not one sweep) on a store that does not exist yet: both migrate its
+    # schema unless one waits for the other.
+    import mlflow.tracking  # noqa: F401  (imported once, before the fork)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(3), ctx.Queue()
+    procs = [ctx.Process(target=_create_store, args=(uri, barrier, results)) for _ in range(3)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    got = [results.get(timeout=5) for _ in procs]
+    assert len(set(got)) == 1 and got[0].isdigit(), got
