@@ -133,6 +133,24 @@ def test_a_study_shows_each_class_recall_and_plots_against_its_numeric_key(tmp_p
     assert plot_study(rows, tmp_path / "none.png") is None
 
 
+def test_a_study_of_the_background_class_leaves_its_recall_blank_where_a_run_has_none():
+    rows = []
+    for background, recall in [
+        ("false", {"serve": 0.9}),
+        ("true", {"no_event": 0.6, "serve": 0.8}),
+    ]:
+        row = _row(f"background_{background}", "cpu", 1, 10.0)
+        row.test_macro_f1, row.test_recall = 0.7, recall
+        row.swept = {"data.background": background}
+        rows.append(row)
+    header, without, with_ = to_csv(rows).splitlines()
+    assert header.startswith("data.background,best_val_macro_f1,test_macro_f1,recall_no_event,")
+    assert without.startswith("false,,0.7,,0.9,") and with_.startswith("true,,0.7,0.6,0.8,")
+    table = to_markdown(rows).splitlines()
+    assert table[0].startswith("| data.background | best val F1 | test F1 | recall no_event |")
+    assert table[2].startswith("| false | - | 0.700 | - | 0.900 |")
+
+
 SPEED_HEADERS = ["samples/s", "speed-up", "efficiency"]
 
 

@@ -198,3 +198,11 @@ def test_the_jobs_confusions_are_side_by_side(tmp_path, jobs, rows):
     assert all(_texts(ax)[0] == "1.00" for ax in fig.axes)
     width = 100 * 3.6 * min(jobs, 4)
     assert _size(save(fig, tmp_path / "c.png")) == (round(width), round(420 * rows + 40))
+
+
+def test_a_background_runs_five_classes_sit_beside_a_four_class_run(tmp_path):
+    confusions = [("four", np.eye(4, dtype=int), NAMES),
+                  ("five", np.eye(5, dtype=int), [*NAMES, "No event"])]  # fmt: skip
+    fig = confusions_figure(confusions, "test")
+    assert [len(ax.get_yticklabels()) for ax in fig.axes] == [4, 5]
+    assert fig.axes[1].get_yticklabels()[-1].get_text() == "No event"
