@@ -27,7 +27,14 @@ from tennis_exp.engine import checkpoint
 from tennis_exp.engine.checkpoint import Checkpoint
 from tennis_exp.errors import UserError, first_line
 from tennis_exp.files import atomic_write
-from tennis_exp.tracking.runs import Run, _client, _probe, config_params, filter_value
+from tennis_exp.tracking.runs import (
+    Run,
+    _client,
+    _probe,
+    config_params,
+    filter_value,
+    sqlite_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +144,8 @@ def locate(uri: ModelUri, source: str, tracking_uri: str) -> str:
     from mlflow.exceptions import MlflowException
 
     store = f"the store {tracking_uri}"
-    sqlite = tracking_uri.removeprefix("sqlite:///")
-    if sqlite != tracking_uri and not Path(sqlite).is_file():
+    database = sqlite_file(tracking_uri)
+    if database and not database.is_file():
         raise UserError(
             f"{source}: {store} does not exist; set tracking.uri (or MLFLOW_TRACKING_URI) to "
             "the store the model was logged to"

@@ -38,12 +38,18 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(DEFAULT_STORE).resolve()}"
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a SQLite store's URI; None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def tracking_uri(cfg: DictConfig) -> str:
     """tracking.uri, else the default; a relative SQLite path is made absolute, so a run
     resumed from another directory finds its store."""
     uri = cfg.tracking.uri or default_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
-        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    database = sqlite_file(uri)
+    if database and not database.is_absolute():
+        return f"sqlite:///{database.resolve()}"
     return uri
 
 
@@ -52,7 +58,7 @@ def ensure_experiment(uri: str, name: str) -> str:
     from mlflow.tracking import MlflowClient
 
     _probe(uri)
-    database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    database = sqlite_file(uri)
     # Two runs started at once on a new SQLite file would both migrate its schema and one would
     # fail ("duplicate column"): the first to take the lock creates it, the other then finds it.
     creating = database and database.parent.is_dir()  # else MLflow's own error says why
@@ -88,7 +94,8 @@ def check_run_in_store(uri: str, run_id: str) -> None:
     from mlflow.exceptions import MlflowException
 
     missing = f"the run to resume, {run_id}, is not in the store {uri}"
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    database = sqlite_file(uri)
+    if database and not database.is_file():
         raise UserError(f"{missing} (no such file)")
     _probe(uri)
     try:

@@ -15,10 +15,9 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 
 from tennis_exp.errors import UserError, first_line
-from tennis_exp.tracking.runs import ui_url
+from tennis_exp.tracking.runs import sqlite_file, ui_url
 
 # MLflow 3's UI opens an experiment on its GenAI overview (traces, "No data available" for a
 # training run) unless the page asks for the "Model training" view; the view a browser last
@@ -84,10 +83,9 @@ def check(spec: ServerSpec) -> None:
 def _check_database(store: str) -> None:
     import sqlalchemy
 
-    if store.startswith("sqlite:///"):
-        Path(store.removeprefix("sqlite:///")).expanduser().parent.mkdir(
-            parents=True, exist_ok=True
-        )
+    database = sqlite_file(store)
+    if database:
+        database.expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
         engine = sqlalchemy.create_engine(store)
         with engine.connect():
