@@ -75,4 +75,4 @@ lint: $(STAMP) ## ruff
 	$(PY) -m ruff check tennis_exp hydra_plugins tests bench
 
 clean: ## Remove outputs, caches and the local MLflow store (keeps .venv)
-	rm -rf outputs multirun_outputs/*/ mlflow.db mlartifacts .cache data .pytest_cache
+	rm -rf outputs multirun_outputs/*/ mlflow.db .mlflow.db.lock mlartifacts .cache data .pytest_cache

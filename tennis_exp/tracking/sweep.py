@@ -179,8 +179,8 @@ class SweepTracking(Callback):
     """A multirun is one parent MLflow run with a nested run per job, and ends with the
     comparison table (terminal, markdown, CSV, plots) logged to the parent.
 
-    The store and experiment are also created here, once, before the jobs start: the SQLite
-    schema migration takes seconds and races when jobs start it concurrently.
+    The store and experiment are created here, once, before the jobs start: the parent run
+    needs the experiment, and no job then waits on the store's schema migration (seconds).
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

@@ -1,5 +1,5 @@
 """A sweep's jobs side by side on one machine (hydra/launcher=parallel): GPUs per job from the
-sweep's pool (the device layer faked: no GPU here)."""
+sweep's pool (the device layer faked: no GPU here); runs started at once on one new store."""
 
 from __future__ import annotations
 
