@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tennis_exp.config import IDLE_ACTION
 from tennis_exp.data.splits import SPLITS
 from tennis_exp.errors import UserError
 
@@ -161,6 +162,9 @@ def _labelled_videos(split_dir: str, data_cfg) -> tuple[list[tuple[str, int]], i
     neither mapped nor excluded."""
     event_index = {event: i for i, event in enumerate(data_cfg.events)}
     excluded = set(data_cfg.excluded)
+    if not data_cfg.background:
+        # The background class's clips (the twin's, prepare's): out of a run without the class.
+        excluded.add(IDLE_ACTION)
     labelled: list[tuple[str, int]] = []
     skipped_excluded = 0
     skipped_actions: dict[str, int] = {}

@@ -1,5 +1,7 @@
 """The synthetic twin as a dataset: generated into `data.root` on first use, regenerated when
-its settings change (the simulator: tennis_exp/synthetic/).
+its settings change (the simulator: tennis_exp/synthetic/). The twin with idle clips
+(data.background) is the twin without them plus an `idle` folder per split, so one root serves
+both: the idle clips are added beside the event clips, never replacing them.
 
 The layout is the real one, ``<root>/{train,val,test}/<action>/<video>/frame_%04d.jpg``, and the
 ``full`` preset reproduces the real split's window counts exactly.
@@ -12,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from tennis_exp.config import IDLE_ACTION
 from tennis_exp.errors import UserError
 from tennis_exp.files import locked, read_marker, write_marker
 from tennis_exp.synthetic.generate import generate
@@ -37,6 +40,10 @@ def ensure_synthetic(
     loses its split folders and marker and is regenerated. Frames are rendered into a temporary
     sibling directory and renamed into place, so readers never see half a dataset. Split folders
     without any marker may be a real dataset: they are left alone and a UserError is raised.
+
+    A twin with idle clips serves a run without `background` as it is (the loader leaves `idle`
+    out); one without gets them added. So a study of data.background shares one twin, and never
+    replaces the frames that its other jobs are reading.
     """
     check_preset(preset)
     root = Path(root)
@@ -49,12 +56,15 @@ def ensure_synthetic(
         # Only when on, so a twin made before it existed is not regenerated.
         **({"background": True} if background else {}),
     }
-    if read_marker(root / _MARKER) == settings:
+    without_idle = {k: v for k, v in settings.items() if k != "background"}
+    serves = [settings] if background else [settings, {**settings, "background": True}]
+    if read_marker(root / _MARKER) in serves:
         return False
     root.parent.mkdir(parents=True, exist_ok=True)
     with locked(root.parent / f".{root.name}.synthetic.lock"):
         # Another process (a parallel sweep job) may have generated it while we waited.
-        if read_marker(root / _MARKER) == settings:
+        marker = read_marker(root / _MARKER)
+        if marker in serves:
             return False
         if not (root / _MARKER).exists() and any((root / split).exists() for split in SPLITS):
             raise UserError(
@@ -68,8 +78,12 @@ def ensure_synthetic(
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=root.parent))
         try:
-            generate(tmp, preset, seed, image_size, sport, background)
-            _install(tmp, root, settings)
+            if background and marker == without_idle:
+                generate(tmp, preset, seed, image_size, sport, background, idle_only=True)
+                _add_idle(tmp, root, settings)
+            else:
+                generate(tmp, preset, seed, image_size, sport, background)
+                _install(tmp, root, settings)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return True
@@ -86,4 +100,13 @@ def _install(tmp: Path, root: Path, settings: dict) -> None:
     for split in SPLITS:
         shutil.rmtree(root / split, ignore_errors=True)
         os.replace(tmp / split, root / split)
+    write_marker(root / _MARKER, settings)
+
+
+def _add_idle(tmp: Path, root: Path, settings: dict) -> None:
+    # The event clips stay in place (another job may be reading them); an `idle` folder there
+    # is a leftover of an interrupted addition (the marker is written last).
+    for split in SPLITS:
+        shutil.rmtree(root / split / IDLE_ACTION, ignore_errors=True)
+        os.replace(tmp / split / IDLE_ACTION, root / split / IDLE_ACTION)
     write_marker(root / _MARKER, settings)

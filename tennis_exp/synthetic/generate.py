@@ -19,12 +19,21 @@ POOL_MIN_FRAMES = 4000
 
 
 def generate(
-    out: Path, preset: str, seed: int, image_size: int, sport: str, background: bool = False
+    out: Path,
+    preset: str,
+    seed: int,
+    image_size: int,
+    sport: str,
+    background: bool = False,
+    idle_only: bool = False,
 ) -> None:
-    """Render every video of the preset's plan (with idle clips: `background`) into `out`."""
+    """Render every video of the preset's plan (with idle clips: `background`) into `out`; with
+    `idle_only`, the idle clips alone (the same bytes: each keeps its place in the plan)."""
     tasks = []
     for split_index, (split, videos) in enumerate(plan(preset, sport, background).items()):
         for index, video in enumerate(videos):
+            if idle_only and video.action != IDLE_ACTION:
+                continue
             (out / split / video.action).mkdir(parents=True, exist_ok=True)
             tasks.append((out / split, split_index, index, video, seed, image_size, sport))
     # Longest first balances the pool; each video has its own RNG, so order does not matter.

@@ -465,10 +465,15 @@ def test_background_adds_its_class_and_the_idle_folder_once(tmp_path):
     assert cfg.data.actions[IDLE_ACTION] == BACKGROUND
     layout = {"train": {"smash": [16], IDLE_ACTION: [24]}}
     root = make_tree(tmp_path / "d", layout)
-    index = scan_split(root, "train", make_cfg(root, events=cfg.data.events,
-                                               actions=cfg.data.actions))  # fmt: skip
+    with_class = make_cfg(root, events=cfg.data.events, actions=cfg.data.actions, background=True)
+    index = scan_split(root, "train", with_class)
     assert index.class_counts(cfg.data.events) == {**dict.fromkeys(EVENTS, 0), "Smash": 1,
                                                    BACKGROUND: 2}  # fmt: skip
     plain = compose_config(["data=synthetic"])
     validate(plain)
     assert list(plain.data.events) == EVENTS and IDLE_ACTION not in plain.data.actions
+    # Without the class, the idle clips of the same root are left out as excluded ones: no
+    # warning of an unmapped folder (one twin serves both, data/synthetic.py).
+    index = scan_split(root, "train", make_cfg(root))
+    assert index.class_counts(EVENTS) == {**dict.fromkeys(EVENTS, 0), "Smash": 1}
+    assert index.skipped_actions == {}

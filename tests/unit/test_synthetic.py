@@ -413,17 +413,31 @@ def test_an_idle_clip_holds_the_scene_an_event_clip_moves():
     assert motion(frames) < motion(stroke)
 
 
-def test_the_twin_with_idle_clips_has_a_marker_of_its_own(tiny: Path, tmp_path: Path):
+def test_idle_clips_are_added_beside_the_event_clips_and_serve_both(
+    tiny: Path, tmp_path: Path, monkeypatch
+):
     root = Path(shutil.copytree(tiny, tmp_path / "data"))
     before = digest(tiny)
+    events = {p: p.stat().st_mtime_ns for p in root.rglob("*.jpg")}
     assert "background" not in json.loads((root / ".synthetic.json").read_text())
+    (root / "train" / IDLE_ACTION).mkdir()  # a leftover of an interrupted addition
+    (root / "train" / IDLE_ACTION / "stale").mkdir()
     assert ensure_synthetic(root, "tiny", seed=0, image_size=SIZE, background=True)
     assert json.loads((root / ".synthetic.json").read_text())["background"] is True
     assert all((root / split / IDLE_ACTION).is_dir() for split in SPLITS)
-    after = digest(root)
-    # The event clips are the same bytes; only the idle clips are new.
-    assert {k: v for k, v in after.items() if f"/{IDLE_ACTION}/" not in k} == before
+    assert not (root / "train" / IDLE_ACTION / "stale").exists()
+    # The event clips are the very files they were (a job may be reading them), the idle clips
+    # the bytes of a twin generated with them from the start.
+    assert {p: p.stat().st_mtime_ns for p in events} == events
+    assert ensure_synthetic(tmp_path / "whole", "tiny", seed=0, image_size=SIZE, background=True)
+    assert digest(root) == digest(tmp_path / "whole")
+    assert {k: v for k, v in digest(root).items() if f"/{IDLE_ACTION}/" not in k} == before
     assert not ensure_synthetic(root, "tiny", seed=0, image_size=SIZE, background=True)
-    # Back without: regenerated, never the other twin's frames.
-    assert ensure_synthetic(root, "tiny", seed=0, image_size=SIZE)
-    assert digest(root) == before
+
+    # Back without: the same root as it is (the loader leaves `idle` out), nothing rendered.
+    def render(task):
+        raise AssertionError("rendered")
+
+    monkeypatch.setattr(generate, "write_video", render)
+    assert not ensure_synthetic(root, "tiny", seed=0, image_size=SIZE)
+    assert not ensure_synthetic(root, "tiny", seed=0, image_size=SIZE, background=True)
