@@ -437,8 +437,12 @@ class Trainer:
         result = self.score("test")
         test, cm = result.metrics, result.confusion
         if self.dist.is_main:
+            events = test.get("event_macro_f1")
             log.info(
-                "test (best val weights): acc %.3f macro-F1 %.3f", test["acc"], test["macro_f1"]
+                "test (best val weights): acc %.3f macro-F1 %.3f%s",
+                test["acc"],
+                test["macro_f1"],
+                "" if events is None else f" (the events on their clips alone: {events:.3f})",
             )
             out = self.job.output_dir
             figure = plot_confusion(

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from tennis_exp.config import metric_name, validate
+from tennis_exp.config import BACKGROUND, metric_name, validate
 from tennis_exp.data.frames import WindowDataset, build_split
 from tennis_exp.data.loaders import make_loader
 from tennis_exp.engine.distributed import Dist
@@ -162,6 +162,11 @@ def report_table(result: Evaluation, events: list[str], video_acc: float, videos
         f"{m['macro_f1']:>10.3f}{total:>10d}",
         f"{'video accuracy (vote)':>22}{'':>20}{video_acc:>10.3f}{videos:>10d}",
     ]
+    if "event_macro_f1" in m:  # the background class: the events on their own windows
+        on_events = total - support[events.index(BACKGROUND)]
+        lines.append(
+            f"{'events alone, macro F1':>22}{'':>20}{m['event_macro_f1']:>10.3f}{on_events:>10d}"
+        )
     return "\n".join(lines)
 
 

@@ -20,11 +20,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tennis_exp.config import BACKGROUND, metric_name
 from tennis_exp.tracking.plots import CONFUSION_FILE, confusions_figure, save
 from tennis_exp.tracking.runs import OVERRIDES_TAG
 
 # Row fields and their headers, in the table's order; each class's test recall follows SCORES.
 SCORES = {"best_val_macro_f1": "best val F1", "test_macro_f1": "test F1"}
+# A study with the background class: every run's events scored on the event clips alone, the
+# column that compares runs with and without the class.
+EVENT_SCORE = {"test_event_macro_f1": "test F1, events"}
 RUN = {
     "run": "run",
     "status": "status",
@@ -41,7 +45,7 @@ COST = {
     "peak_mem_gpu0_mb": "GPU0 MiB",
     "peak_mem_others_mb": "other GPUs MiB",
 }
-COLUMNS = {**SCORES, **RUN, **SPEED, **COST}
+COLUMNS = {**SCORES, **EVENT_SCORE, **RUN, **SPEED, **COST}
 
 
 RECALL = "test/recall_"
@@ -65,6 +69,7 @@ class Row:
     peak_mem_others_mb: float | None = None
     best_val_macro_f1: float | None = None
     test_macro_f1: float | None = None
+    test_event_macro_f1: float | None = None  # with the background class, else test_macro_f1
     # Per class (metric name: net_play, ...), the test recall: a collapsed class shows as ~0.
     test_recall: dict[str, float] = field(default_factory=dict)
     # The keys the sweep varied (its jobs' overrides that differ), this job's values of them.
@@ -130,6 +135,10 @@ def rows_for(client, runs) -> list[Row]:
                 peak_mem_others_mb=max((metrics[k] for k in gpus[1:]), default=None),
                 best_val_macro_f1=max(val_f1) if val_f1 else None,
                 test_macro_f1=metrics.get("test/macro_f1"),
+                # Without the class, no clip is idle and none is called so: the two are one.
+                test_event_macro_f1=metrics.get(
+                    "test/event_macro_f1", metrics.get("test/macro_f1")
+                ),
                 test_recall={
                     k.removeprefix(RECALL): v
                     for k, v in sorted(metrics.items())
@@ -178,6 +187,7 @@ _FORMATS = {
     "peak_mem_others_mb": "{:.0f}",
     "best_val_macro_f1": "{:.3f}",
     "test_macro_f1": "{:.3f}",
+    "test_event_macro_f1": "{:.3f}",
 }
 
 
@@ -214,7 +224,8 @@ def _fields(rows: list[Row]) -> tuple[list[str], list[str]]:
     """The row fields before and after the recalls: the scores; then how each job ran, its
     speed only where the jobs' hardware differs."""
     ran = {**RUN, **SPEED, **COST} if varies_hardware(rows) else {**RUN, **COST}
-    return list(SCORES), list(ran)
+    background = any(metric_name(BACKGROUND) in r.test_recall for r in rows)
+    return [*SCORES, *(EVENT_SCORE if background else {})], list(ran)
 
 
 def _table(rows: list[Row]) -> list[list[str]]:

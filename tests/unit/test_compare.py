@@ -133,22 +133,46 @@ def test_a_study_shows_each_class_recall_and_plots_against_its_numeric_key(tmp_p
     assert plot_study(rows, tmp_path / "none.png") is None
 
 
-def test_a_study_of_the_background_class_leaves_its_recall_blank_where_a_run_has_none():
+def test_a_study_of_the_background_class_scores_the_events_alone_and_blanks_a_missing_recall():
     rows = []
-    for background, recall in [
-        ("false", {"serve": 0.9}),
-        ("true", {"no_event": 0.6, "serve": 0.8}),
+    for background, recall, events in [
+        ("false", {"serve": 0.9}, 0.7),
+        ("true", {"no_event": 0.6, "serve": 0.8}, 0.75),
     ]:
         row = _row(f"background_{background}", "cpu", 1, 10.0)
-        row.test_macro_f1, row.test_recall = 0.7, recall
+        row.test_macro_f1, row.test_event_macro_f1, row.test_recall = 0.7, events, recall
         row.swept = {"data.background": background}
         rows.append(row)
     header, without, with_ = to_csv(rows).splitlines()
-    assert header.startswith("data.background,best_val_macro_f1,test_macro_f1,recall_no_event,")
-    assert without.startswith("false,,0.7,,0.9,") and with_.startswith("true,,0.7,0.6,0.8,")
+    assert header.startswith(
+        "data.background,best_val_macro_f1,test_macro_f1,test_event_macro_f1,recall_no_event,"
+    )
+    assert without.startswith("false,,0.7,0.7,,0.9,") and with_.startswith("true,,0.7,0.75,0.6,")
     table = to_markdown(rows).splitlines()
-    assert table[0].startswith("| data.background | best val F1 | test F1 | recall no_event |")
-    assert table[2].startswith("| false | - | 0.700 | - | 0.900 |")
+    assert table[0].startswith(
+        "| data.background | best val F1 | test F1 | test F1, events | recall no_event |"
+    )
+    assert table[2].startswith("| false | - | 0.700 | 0.700 | - | 0.900 |")
+    # A study without the class has no such column.
+    assert "events" not in to_markdown(rows[:1]).splitlines()[0]
+
+
+def test_a_run_without_the_background_class_scores_its_events_by_its_macro_f1():
+    finished = SimpleNamespace(status="FINISHED", start_time=1)
+    client = SimpleNamespace(get_metric_history=lambda run_id, key: [])
+    runs = [
+        SimpleNamespace(
+            info=SimpleNamespace(run_id=name, run_name=name, **vars(finished)),
+            data=SimpleNamespace(params={}, metrics=metrics, tags={}),
+        )
+        for name, metrics in [
+            ("plain", {"test/macro_f1": 0.8}),
+            ("background", {"test/macro_f1": 0.7, "test/event_macro_f1": 0.85}),
+        ]
+    ]
+    rows = {r.run: r for r in rows_for(client, runs)}
+    assert rows["plain"].test_event_macro_f1 == 0.8
+    assert rows["background"].test_event_macro_f1 == 0.85
 
 
 SPEED_HEADERS = ["samples/s", "speed-up", "efficiency"]
