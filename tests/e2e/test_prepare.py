@@ -4,6 +4,7 @@ one line for every mistake; videos -> prepare -> train -> evaluate; its bench.""
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -283,6 +284,7 @@ def test_labelled_matches_prepare_train_and_predict_with_their_truth(tmp_path):
     trained = run_cli(args, tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "No event" in trained.stdout  # the class counts of every split
+    assert re.search(r"the events on their clips alone: \d\.\d{3}", trained.stdout)
     out = run_cli(
         [f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'best.pth'}",
          f"video={matches / f'{test_match}.avi'}", f"truth={matches}", "hardware=cpu",

@@ -167,12 +167,17 @@ def test_a_run_without_the_background_class_scores_its_events_by_its_macro_f1():
         )
         for name, metrics in [
             ("plain", {"test/macro_f1": 0.8}),
-            ("background", {"test/macro_f1": 0.7, "test/event_macro_f1": 0.85}),
+            (
+                "background",
+                {"test/macro_f1": 0.7, "test/event_macro_f1": 0.85, "test/recall_no_event": 0.6},
+            ),  # fmt: skip
+            ("older background", {"test/macro_f1": 0.7, "test/recall_no_event": 0.6}),
         ]
     ]
     rows = {r.run: r for r in rows_for(client, runs)}
     assert rows["plain"].test_event_macro_f1 == 0.8
     assert rows["background"].test_event_macro_f1 == 0.85
+    assert rows["older background"].test_event_macro_f1 is None  # logged before it existed
 
 
 SPEED_HEADERS = ["samples/s", "speed-up", "efficiency"]
