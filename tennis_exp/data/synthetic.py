@@ -47,17 +47,16 @@ def ensure_synthetic(
     """
     check_preset(preset)
     root = Path(root)
-    settings = {
+    events = {
         "generator_version": _GENERATOR_VERSION,
         "sport": sport,
         "preset": preset,
         "seed": seed,
         "image_size": image_size,
-        # Only when on, so a twin made before it existed is not regenerated.
-        **({"background": True} if background else {}),
     }
-    without_idle = {k: v for k, v in settings.items() if k != "background"}
-    serves = [settings] if background else [settings, {**settings, "background": True}]
+    # The key only when on, so a twin made before it existed is not regenerated.
+    with_idle = {**events, "background": True}
+    settings, serves = (with_idle, [with_idle]) if background else (events, [events, with_idle])
     if read_marker(root / _MARKER) in serves:
         return False
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -66,19 +65,14 @@ def ensure_synthetic(
         marker = read_marker(root / _MARKER)
         if marker in serves:
             return False
-        if not (root / _MARKER).exists() and any((root / split).exists() for split in SPLITS):
-            raise UserError(
-                f"{root} holds train/val/test folders that the synthetic generator did not "
-                f"write (no {_MARKER}); refusing to replace what may be real data. Point "
-                "data.root at a new folder for the synthetic dataset."
-            )
+        _check_ours(root)
         prefix = f".{root.name}.synthetic-tmp-"
         # Holding the lock, any such sibling is a leftover of a killed generator.
         for stale in root.parent.glob(prefix + "*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=root.parent))
         try:
-            if background and marker == without_idle:
+            if background and marker == events:
                 generate(tmp, preset, seed, image_size, sport, background, idle_only=True)
                 _add_idle(tmp, root, settings)
             else:
@@ -87,6 +81,15 @@ def ensure_synthetic(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return True
+
+
+def _check_ours(root: Path) -> None:
+    if not (root / _MARKER).exists() and any((root / split).exists() for split in SPLITS):
+        raise UserError(
+            f"{root} holds train/val/test folders that the synthetic generator did not "
+            f"write (no {_MARKER}); refusing to replace what may be real data. Point "
+            "data.root at a new folder for the synthetic dataset."
+        )
 
 
 def _install(tmp: Path, root: Path, settings: dict) -> None:
