@@ -170,7 +170,7 @@ def test_a_run_without_the_background_class_scores_its_events_by_its_macro_f1():
             (
                 "background",
                 {"test/macro_f1": 0.7, "test/event_macro_f1": 0.85, "test/recall_no_event": 0.6},
-            ),  # fmt: skip
+            ),
             ("older background", {"test/macro_f1": 0.7, "test/recall_no_event": 0.6}),
         ]
     ]
